@@ -1,0 +1,18 @@
+# Copyright (c) usseg contributors. Licensed under the Apache License, Version 2.0.
+"""Step 4 of the data flow: engines that train (subclasses of ``monai.engines``) and their building blocks."""
+
+from __future__ import annotations
+
+from usseg.engines.prepare_batch import PrepareWeakStrongBatch
+from usseg.engines.pseudo_label import ConfidenceThreshold
+from usseg.engines.trainers import SemiSupervisedTrainer, SupervisedTrainer
+from usseg.engines.utils import autocast, resolve_device
+
+__all__ = [
+    "ConfidenceThreshold",
+    "PrepareWeakStrongBatch",
+    "SemiSupervisedTrainer",
+    "SupervisedTrainer",
+    "autocast",
+    "resolve_device",
+]
