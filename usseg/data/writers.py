@@ -1,0 +1,126 @@
+# Copyright (c) usseg contributors. Licensed under the Apache License, Version 2.0.
+"""Step 7 of the data flow: write predictions as NIfTI and PNG masks plus PNG overlays, atomically.
+
+MONAI's ``SaveImaged`` writes straight to the destination, so an interrupted run can leave a truncated file that a
+downstream pipeline then reads. These writers go through :mod:`usseg.data.io` (temporary file, then rename).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Hashable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from monai.config import KeysCollection
+from monai.transforms import MapTransform
+
+from usseg.data.io import atomic_save_image, atomic_write, ensure_writable_dir
+from usseg.transforms.checks import source_file
+
+__all__ = ["write_mask_png", "write_mask_nifti", "SaveSegmentationd", "FORMATS"]
+
+FORMATS = ("png", "nii.gz", "overlay")
+
+
+def _label_map(pred: Any) -> np.ndarray:
+    """A (H, W) uint8 label map from a (1, H, W) label map, a (C, H, W) one-hot map, or a (H, W) array."""
+    array = pred.detach().cpu().numpy() if isinstance(pred, torch.Tensor) else np.asarray(pred)
+    if array.ndim == 3:
+        array = array[0] if array.shape[0] == 1 else array.argmax(axis=0)
+    if array.ndim != 2:
+        raise ValueError(f"expected a 2D prediction ((1, H, W), (C, H, W) or (H, W)), got shape {array.shape}.")
+    return np.rint(array).astype(np.uint8)
+
+
+def write_mask_png(path: str | os.PathLike, label_map: np.ndarray) -> Path:
+    """Save a label map as PNG: a binary mask as {0, 255} so it is visible, more labels as their values."""
+    label_map = np.asarray(label_map, dtype=np.uint8)
+    return atomic_save_image(path, label_map * 255 if label_map.max(initial=0) <= 1 else label_map)
+
+
+def write_mask_nifti(path: str | os.PathLike, label_map: np.ndarray, spacing: Sequence[float] = (1.0, 1.0)) -> Path:
+    """Save a (H, W) label map as NIfTI with the pixel spacing (mm) in the affine.
+
+    The array is stored as (W, H, 1): NIfTI's first axis is x (image columns), as in MONAI's ITK and PIL readers.
+    """
+    import nibabel as nib
+
+    sx, sy = float(spacing[1]), float(spacing[0])  # spacing is (row, column) = (y, x)
+    image = nib.Nifti1Image(np.asarray(label_map, dtype=np.uint8).T[:, :, None], np.diag([sx, sy, 1.0, 1.0]))
+    image.header.set_xyzt_units("mm")
+    with atomic_write(path, "wb") as handle:
+        handle.write(image.to_bytes())
+    return Path(path)
+
+
+def _spacing(meta: Mapping[str, Any]) -> tuple[float, float]:
+    spacing = meta.get("spacing")
+    if spacing is None:
+        return (1.0, 1.0)
+    values = [float(v) for v in np.asarray(spacing).ravel()]
+    return (values[0], values[1]) if len(values) >= 2 else (1.0, 1.0)
+
+
+class SaveSegmentationd(MapTransform):
+    """Write each prediction as ``<stem>_seg.png``, ``<stem>_seg.nii.gz`` and ``<stem>_overlay.png``.
+
+    ``<stem>`` is the name of the file the image was loaded from (``meta["filename_or_obj"]``), so outputs line up
+    with inputs. The overlay is drawn on the ORIGINAL image, read again from disk, at the prediction's size (put
+    ``Invertd`` before this transform to bring the prediction back to the input size).
+
+    Args:
+        keys: prediction keys ((1, H, W) label maps or (C, H, W) one-hot).
+        output_dir: destination folder (created; an unwritable folder raises ``PermissionError``).
+        image_key: key of the input image, whose metadata names the source file.
+        formats: any of ``"png"``, ``"nii.gz"``, ``"overlay"``.
+        postfix: appended to the stem of the mask files.
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection = "pred",
+        output_dir: str | os.PathLike = "./predictions",
+        image_key: str = "image",
+        formats: Sequence[str] = FORMATS,
+        postfix: str = "seg",
+        allow_missing_keys: bool = False,
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        unknown = sorted(set(formats) - set(FORMATS))
+        if unknown:
+            raise ValueError(f"unknown formats {unknown}; choose from {FORMATS}.")
+        self.output_dir = Path(output_dir)
+        self.image_key, self.formats, self.postfix = image_key, tuple(formats), postfix
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        ensure_writable_dir(self.output_dir)
+        image = d.get(self.image_key)
+        meta = getattr(image, "meta", None) or {}
+        source = source_file(image, "image")
+        stem = Path(source).name.split(".")[0] if source != "image" else "prediction"
+        for key in self.key_iterator(d):
+            label_map = _label_map(d[key])
+            suffix = "" if len(self.keys) == 1 else f"_{key}"
+            if "png" in self.formats:
+                write_mask_png(self.output_dir / f"{stem}_{self.postfix}{suffix}.png", label_map)
+            if "nii.gz" in self.formats:
+                write_mask_nifti(self.output_dir / f"{stem}_{self.postfix}{suffix}.nii.gz", label_map, _spacing(meta))
+            if "overlay" in self.formats:
+                self._write_overlay(source, label_map, self.output_dir / f"{stem}_overlay{suffix}.png")
+        return d
+
+    @staticmethod
+    def _write_overlay(source: str, label_map: np.ndarray, path: Path) -> None:
+        from PIL import Image
+
+        from usseg.data.readers import read_image_array
+        from usseg.metrics.report import overlay_rgb
+
+        original = read_image_array(source, color="gray")
+        if original.shape != label_map.shape:  # the prediction was not inverted to the input size
+            original = np.asarray(Image.fromarray(original).resize(label_map.shape[::-1], Image.BILINEAR))
+        atomic_save_image(path, overlay_rgb(original, label_map))
