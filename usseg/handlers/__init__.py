@@ -1,0 +1,20 @@
+# Copyright (c) usseg contributors. Licensed under the Apache License, Version 2.0.
+"""Step 4-5 of the data flow: ignite handlers that drive training and write its records.
+
+EMA teachers are ignite's ``ignite.handlers.EMAHandler`` (use ``@ema.ema_model`` as the teacher in a config);
+usseg adds no second implementation.
+"""
+
+from __future__ import annotations
+
+from usseg.handlers.report import SegmentationReportHandler, TrainingHistoryHandler
+from usseg.handlers.schedules import RampUpHandler, cosine_rampup, linear_rampup, sigmoid_rampup
+
+__all__ = [
+    "RampUpHandler",
+    "SegmentationReportHandler",
+    "TrainingHistoryHandler",
+    "cosine_rampup",
+    "linear_rampup",
+    "sigmoid_rampup",
+]
