@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from usseg.engines.evaluation import evaluate_checkpoints, load_model_weights
 from usseg.engines.prepare_batch import PrepareWeakStrongBatch
 from usseg.engines.pseudo_label import ConfidenceThreshold
 from usseg.engines.trainers import SemiSupervisedTrainer, SupervisedTrainer
@@ -14,5 +15,7 @@ __all__ = [
     "SemiSupervisedTrainer",
     "SupervisedTrainer",
     "autocast",
+    "evaluate_checkpoints",
+    "load_model_weights",
     "resolve_device",
 ]

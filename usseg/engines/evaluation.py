@@ -59,6 +59,8 @@ def evaluate_checkpoints(
         if report_handler is not None:
             report_handler.prefix = f"{name}_"
         evaluator.run()
-        results[name] = dict(evaluator.state.metrics)
+        # the evaluator keeps earlier runs' prefixed entries: report only this checkpoint's and the key metric
+        others = tuple(f"{other}_" for other in checkpoints if other != name)
+        results[name] = {k: v for k, v in evaluator.state.metrics.items() if not k.startswith(others)}
         logger.info("checkpoint %s (%s): %s", name, path, results[name])
     return results
