@@ -2,8 +2,9 @@
 """Where the shipped MONAI bundles live, so configs and the CLI work from any working directory.
 
 MONAI does not tell a config where its own file is, so a bundle's ``bundle_root`` is found here: the current
-directory when a run starts inside the bundle (the zoo's habit), else the ``bundles/`` folder of this source
-checkout (an editable install), else ``$USSEG_BUNDLES``. ``--bundle_root`` on the command line overrides all three.
+directory when a run starts inside the bundle (the zoo's habit), else the bundles folder, which is ``$USSEG_BUNDLES``
+when that folder exists and otherwise the ``bundles/`` folder of this source checkout (an editable install).
+``--bundle_root`` on the command line overrides all of them.
 """
 
 from __future__ import annotations

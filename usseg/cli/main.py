@@ -23,8 +23,19 @@ LAYOUTS = ("busi", "generic", "dicom", "video")
 OVERRIDE_CONFIGS = ("evaluate", "multi_gpu_train", "multi_gpu_evaluate")
 
 
+def _scalar(text: str) -> Any:
+    """Parse a command-line value: numbers as numbers (``1e-4`` too, which YAML 1.1 would leave a string),
+    everything else as YAML (``[64,64]``, ``true``, ``null``)."""
+    for convert in (int, float):
+        try:
+            return convert(text)
+        except ValueError:
+            pass
+    return yaml.safe_load(text)
+
+
 def _number(text: str) -> int | float:
-    value = yaml.safe_load(text)
+    value = _scalar(text)
     if not isinstance(value, (int, float)) or isinstance(value, bool):
         raise argparse.ArgumentTypeError(f"expected a number, got {text!r}")
     return value
@@ -113,7 +124,7 @@ def parse_overrides(tokens: Sequence[str]) -> dict[str, Any]:
             if not tokens:
                 raise SystemExit(f"usseg run: --{key} needs a value")
             value = tokens.pop(0)
-        overrides[key] = yaml.safe_load(value)
+        overrides[key] = _scalar(value)
     return overrides
 
 
@@ -223,10 +234,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         split = next((i for i, token in enumerate(argv) if token.startswith("--")), len(argv))
         argv, extra = argv[:split], argv[split:]
     args = parser.parse_args(argv)
-    if args.command == "run":
-        _run(args, parse_overrides(extra))
-    else:
-        {"prepare": _prepare, "phantom": _phantom, "bundles": _bundles}[args.command](args)
+    try:
+        if args.command == "run":
+            _run(args, parse_overrides(extra))
+        else:
+            {"prepare": _prepare, "phantom": _phantom, "bundles": _bundles}[args.command](args)
+    except (FileNotFoundError, ValueError) as err:  # bad input: one clear line, not a traceback
+        parser.exit(2, f"usseg {args.command}: error: {err}\n")
     return 0
 
 

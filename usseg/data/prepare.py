@@ -87,6 +87,8 @@ def resolve_datalist(
         "val_fraction": val_fraction,
         "num_labeled": num_labeled,
         "exclude_classes": list(exclude_classes) if exclude_classes else None,
+        # a regenerated phantom has other files: its settings are part of what the datalist answers
+        "phantom": None if dataset_dir else dict(phantom or {}),
     }
     path = output_dir / "datalist.json"
     if not _settings_match(path, settings):

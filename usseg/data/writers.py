@@ -7,6 +7,7 @@ downstream pipeline then reads. These writers go through :mod:`usseg.data.io` (t
 
 from __future__ import annotations
 
+import gzip
 import os
 from collections.abc import Hashable, Mapping, Sequence
 from pathlib import Path
@@ -20,7 +21,7 @@ from monai.transforms import MapTransform
 from usseg.data.io import atomic_save_image, atomic_write, ensure_writable_dir
 from usseg.transforms.checks import source_file
 
-__all__ = ["write_mask_png", "write_mask_nifti", "SaveSegmentationd", "FORMATS"]
+__all__ = ["write_mask_png", "write_mask_nifti", "source_stem", "SaveSegmentationd", "FORMATS"]
 
 FORMATS = ("png", "nii.gz", "overlay")
 
@@ -35,10 +36,16 @@ def _label_map(pred: Any) -> np.ndarray:
     return np.rint(array).astype(np.uint8)
 
 
-def write_mask_png(path: str | os.PathLike, label_map: np.ndarray) -> Path:
-    """Save a label map as PNG: a binary mask as {0, 255} so it is visible, more labels as their values."""
+def write_mask_png(path: str | os.PathLike, label_map: np.ndarray, binary: bool = True) -> Path:
+    """Save a label map as PNG: with ``binary`` as {0, 255} so it is visible, else the label values themselves.
+
+    Raises:
+        ValueError: ``binary`` with labels other than 0 and 1.
+    """
     label_map = np.asarray(label_map, dtype=np.uint8)
-    return atomic_save_image(path, label_map * 255 if label_map.max(initial=0) <= 1 else label_map)
+    if binary and label_map.max(initial=0) > 1:
+        raise ValueError(f"{path}: binary mask with label {label_map.max()}; pass binary=False for label maps.")
+    return atomic_save_image(path, label_map * 255 if binary else label_map)
 
 
 def write_mask_nifti(path: str | os.PathLike, label_map: np.ndarray, spacing: Sequence[float] = (1.0, 1.0)) -> Path:
@@ -51,9 +58,18 @@ def write_mask_nifti(path: str | os.PathLike, label_map: np.ndarray, spacing: Se
     sx, sy = float(spacing[1]), float(spacing[0])  # spacing is (row, column) = (y, x)
     image = nib.Nifti1Image(np.asarray(label_map, dtype=np.uint8).T[:, :, None], np.diag([sx, sy, 1.0, 1.0]))
     image.header.set_xyzt_units("mm")
+    payload = image.to_bytes()
+    if str(path).endswith(".gz"):
+        payload = gzip.compress(payload, mtime=0)  # mtime 0: identical masks give identical files
     with atomic_write(path, "wb") as handle:
-        handle.write(image.to_bytes())
+        handle.write(payload)
     return Path(path)
+
+
+def source_stem(source: str | os.PathLike) -> str:
+    """A file's name without its suffix, ``.nii.gz`` counted as one suffix (``scan.1.png`` -> ``scan.1``)."""
+    name = Path(source).name
+    return name[: -len(".nii.gz")] if name.lower().endswith(".nii.gz") else Path(name).stem
 
 
 def _spacing(meta: Mapping[str, Any]) -> tuple[float, float]:
@@ -68,8 +84,9 @@ class SaveSegmentationd(MapTransform):
     """Write each prediction as ``<stem>_seg.png``, ``<stem>_seg.nii.gz`` and ``<stem>_overlay.png``.
 
     ``<stem>`` is the name of the file the image was loaded from (``meta["filename_or_obj"]``), so outputs line up
-    with inputs. The overlay is drawn on the ORIGINAL image, read again from disk, at the prediction's size (put
-    ``Invertd`` before this transform to bring the prediction back to the input size).
+    with inputs; an image without a source file raises ``ValueError`` (its outputs could not be named uniquely).
+    The overlay is drawn on the ORIGINAL image, read again from disk, at the prediction's size (put ``Invertd``
+    before this transform to bring the prediction back to the input size).
 
     Args:
         keys: prediction keys ((1, H, W) label maps or (C, H, W) one-hot).
@@ -77,6 +94,7 @@ class SaveSegmentationd(MapTransform):
         image_key: key of the input image, whose metadata names the source file.
         formats: any of ``"png"``, ``"nii.gz"``, ``"overlay"``.
         postfix: appended to the stem of the mask files.
+        num_classes: label count; 2 writes PNG masks as {0, 255}, more writes the label values.
     """
 
     def __init__(
@@ -86,6 +104,7 @@ class SaveSegmentationd(MapTransform):
         image_key: str = "image",
         formats: Sequence[str] = FORMATS,
         postfix: str = "seg",
+        num_classes: int = 2,
         allow_missing_keys: bool = False,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
@@ -94,19 +113,22 @@ class SaveSegmentationd(MapTransform):
             raise ValueError(f"unknown formats {unknown}; choose from {FORMATS}.")
         self.output_dir = Path(output_dir)
         self.image_key, self.formats, self.postfix = image_key, tuple(formats), postfix
+        self.binary = num_classes <= 2
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
         ensure_writable_dir(self.output_dir)
         image = d.get(self.image_key)
         meta = getattr(image, "meta", None) or {}
-        source = source_file(image, "image")
-        stem = Path(source).name.split(".")[0] if source != "image" else "prediction"
+        source = source_file(image, "")
+        if not source:
+            raise ValueError(f"'{self.image_key}' has no meta['filename_or_obj']: load it with LoadImaged.")
+        stem = source_stem(source)
         for key in self.key_iterator(d):
             label_map = _label_map(d[key])
             suffix = "" if len(self.keys) == 1 else f"_{key}"
             if "png" in self.formats:
-                write_mask_png(self.output_dir / f"{stem}_{self.postfix}{suffix}.png", label_map)
+                write_mask_png(self.output_dir / f"{stem}_{self.postfix}{suffix}.png", label_map, self.binary)
             if "nii.gz" in self.formats:
                 write_mask_nifti(self.output_dir / f"{stem}_{self.postfix}{suffix}.nii.gz", label_map, _spacing(meta))
             if "overlay" in self.formats:
