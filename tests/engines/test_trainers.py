@@ -169,7 +169,7 @@ def test_loss_components_and_ramp_reach_the_output():
         assert key in out, key
     assert weights == pytest.approx([0.0, 0.5, 1.0, 1.5, 2.0, 2.0])
     expected = out["sup_loss"] + out["unsup_weight"] * out["unsup_loss"]
-    assert float(out["loss"]) == pytest.approx(float(expected), rel=1e-5)
+    assert float(out["loss"].detach()) == pytest.approx(float(expected), rel=1e-5)
 
 
 def test_rejected_pseudo_labels_contribute_nothing():
@@ -183,3 +183,30 @@ def test_rejected_pseudo_labels_contribute_nothing():
 def test_empty_unlabeled_set_is_refused():
     with pytest.raises(DatalistError, match="unlabeled set is empty"):
         _semi(n_unlabeled=0)
+
+
+def test_ignite_ema_model_serves_as_the_teacher():
+    """The mean-teacher set-up the docs describe: ignite's EMAHandler, its ema_model passed as teacher."""
+    from ignite.handlers import EMAHandler
+
+    net = _net()
+    ema = EMAHandler(net, momentum=0.5)
+    teacher_calls = []
+    ema.ema_model.register_forward_hook(lambda m, i, o: teacher_calls.append(m.training))
+    trainer = SemiSupervisedTrainer(
+        device="cpu",
+        max_epochs=1,
+        train_data_loader=DataLoader(_Labeled(4), batch_size=2),
+        unlabeled_data_loader=DataLoader(_Unlabeled(4), batch_size=2),
+        network=net,
+        optimizer=torch.optim.SGD(net.parameters(), lr=0.1),
+        loss_function=DiceCELoss(to_onehot_y=True, softmax=True),
+        teacher=ema.ema_model,
+        train_handlers=[ema],
+        decollate=False,
+    )
+    trainer.run()
+    assert len(teacher_calls) == 2 and not any(teacher_calls)  # once per iteration, in eval mode
+    teacher_weight, student_weight = ema.ema_model[0].weight, net[0].weight
+    assert not torch.equal(teacher_weight, student_weight)  # the teacher lags the student
+    assert teacher_weight.grad is None  # and is never trained directly
