@@ -26,7 +26,7 @@ except ImportError:
     from benchmarks.results import REPO, default_data_root, write_results
 
 BUNDLE = "breast_us_supervised_segmentation"
-VARIANTS = {"fp32_channels_last": ("fp32", True), "bf16_channels_last": ("bf16", True)}
+VARIANTS = {"fp32": ("fp32", False), "bf16_channels_last": ("bf16", True)}
 SPLITS_DIR = REPO / "benchmarks" / "splits"
 
 

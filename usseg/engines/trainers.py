@@ -43,6 +43,11 @@ def _unpack_batch(batch: Sequence) -> tuple[Any, Any, tuple, dict]:
     return batch[0], batch[1], tuple(batch[2]), dict(batch[3])
 
 
+def _plain(value: Any) -> Any:
+    """A MetaTensor's data without its metadata: losses need only the numbers, not the dispatch overhead."""
+    return value.as_tensor() if hasattr(value, "as_tensor") else value
+
+
 def _scalar(value: Any) -> Any:
     return value.detach() if isinstance(value, torch.Tensor) else value
 
@@ -121,8 +126,7 @@ class SupervisedTrainer(MonaiSupervisedTrainer):
 
     def network_input(self, tensor: torch.Tensor) -> torch.Tensor:
         """A batch as the network wants it: a plain tensor, channels-last when configured."""
-        if hasattr(tensor, "as_tensor"):
-            tensor = tensor.as_tensor()
+        tensor = _plain(tensor)
         return to_channels_last(tensor) if self.channels_last else tensor
 
     def forward(self, engine: SupervisedTrainer, batchdata: Any) -> dict[str, Any]:
@@ -133,7 +137,7 @@ class SupervisedTrainer(MonaiSupervisedTrainer):
         engine.state.output = {Keys.IMAGE: inputs, Keys.LABEL: targets}
         pred = engine.inferer(engine.network_input(inputs), engine.network, *args, **kwargs)
         engine.state.output[Keys.PRED] = pred
-        return {Keys.PRED: pred, Keys.LABEL: targets}
+        return {Keys.PRED: pred, Keys.LABEL: _plain(targets)}
 
     def compute_losses(self, engine: SupervisedTrainer, forward_output: dict[str, Any]) -> dict[str, torch.Tensor]:
         """Return the named loss terms; ``"loss"`` is the total that is back-propagated. Runs in fp32."""
@@ -336,7 +340,7 @@ class SemiSupervisedTrainer(SupervisedTrainer):
         logits = engine.inferer(both, engine.network, *args, **kwargs)
         pred, student_logits = logits[:num_labeled], logits[num_labeled:]
         engine.state.output[Keys.PRED] = pred
-        return {Keys.PRED: pred, Keys.LABEL: targets, "student": student_logits, "teacher": teacher_logits}
+        return {Keys.PRED: pred, Keys.LABEL: _plain(targets), "student": student_logits, "teacher": teacher_logits}
 
     def compute_losses(self, engine: SemiSupervisedTrainer, forward_output: dict[str, Any]) -> dict[str, torch.Tensor]:
         sup = engine.loss_function(forward_output[Keys.PRED].float(), forward_output[Keys.LABEL]).mean()
