@@ -1,10 +1,10 @@
 # Copyright (c) usseg contributors. Licensed under the Apache License, Version 2.0.
 """Atomic file writing: a reader never sees a half-written file.
 
-Every writer in usseg goes through :func:`atomic_write`: the data goes to a temporary file in the
-destination folder, is flushed and fsynced, then renamed over the target (``os.replace`` is atomic
-on POSIX and Windows when both paths are on one file system). A crash leaves either the old file
-or the new one, never a truncated one.
+Every writer in usseg goes through :func:`atomic_write`: the data goes to a temporary file in the destination
+folder, is flushed and fsynced, then renamed over the target, and the folder is fsynced (``os.replace`` is atomic
+on POSIX and Windows when both paths are on one file system). A crash leaves either the old file or the new one,
+never a truncated one.
 """
 
 from __future__ import annotations
@@ -44,6 +44,7 @@ def atomic_write(path: str | os.PathLike, mode: str = "w", encoding: str | None 
             os.fsync(handle.fileno())
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; give what open() would have given
         os.replace(tmp, path)
+        _fsync_dir(parent)  # the rename itself must reach the disk, or a power cut can undo it
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
@@ -86,6 +87,19 @@ def ensure_writable_dir(folder: str | os.PathLike) -> Path:
     if not os.access(folder, os.W_OK | os.X_OK):
         raise PermissionError(f"{folder}: the output folder is not writable.")
     return folder
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # some platforms (Windows) cannot open folders; the rename is then as durable as it gets
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def _umask() -> int:

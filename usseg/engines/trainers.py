@@ -302,6 +302,8 @@ class SemiSupervisedTrainer(SupervisedTrainer):
         return self.state.epoch * 10_000 + passes
 
     def _restart_unlabeled_stream(self, engine: Engine) -> None:
+        if hasattr(self._unlabeled_iter, "close"):  # stop a ThreadDataLoader's prefetch thread before a new pass
+            self._unlabeled_iter.close()
         self._unlabeled_iter, self._unlabeled_passes, self._labeled_passes = None, 0, 0
 
     def _reshuffle_labeled_stream(self, engine: Engine) -> None:

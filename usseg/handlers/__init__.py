@@ -7,10 +7,14 @@ usseg adds no second implementation.
 
 from __future__ import annotations
 
+from usseg.handlers.checkpoint import BestMetricState, EpochSeedHandler, TrainingCheckpointHandler
 from usseg.handlers.report import SegmentationReportHandler, TrainingHistoryHandler
 from usseg.handlers.schedules import RampUpHandler, cosine_rampup, linear_rampup, sigmoid_rampup
 
 __all__ = [
+    "BestMetricState",
+    "EpochSeedHandler",
+    "TrainingCheckpointHandler",
     "RampUpHandler",
     "SegmentationReportHandler",
     "TrainingHistoryHandler",
