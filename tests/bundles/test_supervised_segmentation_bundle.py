@@ -26,8 +26,22 @@ pytestmark = pytest.mark.slow
 
 BUNDLE = Path(bundle_root("breast_us_supervised_segmentation"))
 CONFIGS = BUNDLE / "configs"
-QUICK = ["--max_epochs", "2", "--iterations_per_epoch", "4", "--batch_size", "4", "--num_phantom_images", "24",
-         "--phantom_size", "64", "--spatial_size", "[32,32]", "--log_every", "2"]
+QUICK = [
+    "--max_epochs",
+    "2",
+    "--iterations_per_epoch",
+    "4",
+    "--batch_size",
+    "4",
+    "--num_phantom_images",
+    "24",
+    "--phantom_size",
+    "64",
+    "--spatial_size",
+    "[32,32]",
+    "--log_every",
+    "2",
+]
 
 
 def _run(cwd: Path, configs: list[str], *overrides: str) -> subprocess.CompletedProcess:
@@ -36,7 +50,9 @@ def _run(cwd: Path, configs: list[str], *overrides: str) -> subprocess.Completed
     cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", config_arg, *overrides]
     env = {**os.environ, "OMP_NUM_THREADS": "2"}
     result = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env=env, timeout=600)
-    assert result.returncode == 0, f"{' '.join(cmd)}\n--- stdout\n{result.stdout[-3000:]}\n--- stderr\n{result.stderr[-5000:]}"
+    assert result.returncode == 0, (
+        f"{' '.join(cmd)}\n--- stdout\n{result.stdout[-3000:]}\n--- stderr\n{result.stderr[-5000:]}"
+    )
     return result
 
 
@@ -83,8 +99,16 @@ def test_inference_writes_masks_and_overlays_at_the_input_size(trained, tmp_path
     for name, shape in (("a", (50, 70)), ("b", (64, 64))):
         Image.fromarray(rng.integers(0, 255, shape, dtype=np.uint8)).save(inputs / f"{name}.png")
     out = tmp_path / "preds"
-    _run(trained.parent.parent, ["inference.yaml"], "--spatial_size", "[32,32]", "--input_dir", str(inputs),
-         "--predictions_dir", str(out))
+    _run(
+        trained.parent.parent,
+        ["inference.yaml"],
+        "--spatial_size",
+        "[32,32]",
+        "--input_dir",
+        str(inputs),
+        "--predictions_dir",
+        str(out),
+    )
     for name, shape in (("a", (50, 70)), ("b", (64, 64))):
         png = np.asarray(Image.open(out / f"{name}_seg.png"))
         assert png.shape == shape and set(np.unique(png)) <= {0, 255}
