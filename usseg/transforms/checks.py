@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Hashable, Mapping
 from typing import Any
 
+import numpy as np
 import torch
 from monai.config import KeysCollection
 from monai.transforms import MapTransform
@@ -59,8 +60,10 @@ class CheckFinited(MapTransform):
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
         for key in self.key_iterator(d):
-            values = torch.as_tensor(d[key])
-            if values.is_floating_point() and not bool(torch.isfinite(values).all()):
-                bad = int((~torch.isfinite(values)).sum())
-                raise InputError(source_file(d[key], str(key)), f"contains {bad} NaN or Inf values.")
+            value = d[key]
+            # numpy arrays are checked by numpy: flipped views and big-endian data need no conversion to torch
+            finite = torch.isfinite(value) if isinstance(value, torch.Tensor) else np.isfinite(np.asarray(value))
+            bad = int((~finite).sum())
+            if bad:
+                raise InputError(source_file(value, str(key)), f"contains {bad} NaN or Inf values.")
         return d

@@ -345,7 +345,7 @@ def _as_frame_stack(frames: Any, name: str) -> np.ndarray:
             f"{name} must be frames-first (T, H, W) or channels-last (T, H, W, C) with T >= 1 and C <= "
             f"{_MAX_CHANNELS}, got shape {frames.shape}."
         )
-    return frames
+    return frames.astype(frames.dtype.newbyteorder("="), copy=False)  # torch takes native byte order only
 
 
 def _to_channel_first(frame: np.ndarray) -> torch.Tensor:

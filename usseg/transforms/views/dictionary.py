@@ -349,19 +349,27 @@ class WeakStrongViewsd(Randomizable, MapTransform):
         Raises:
             KeyError: when an image or label key is missing (unless ``allow_missing_keys``) or a view key already
                 exists.
+            ValueError: when an image or label is not channel-first (C, H, W) with 1-4 channels.
             TypeError: when a dictionary transform does not return a dictionary.
         """
         d: dict[Hashable, Any] = dict(data)
+        # float32 channel-first tensors BEFORE the geometry, so dtype and layout never depend on the branch drawn
+        for key in (*self.keys, *self.label_keys):
+            if key not in d:
+                if key in self.label_keys and not self.allow_missing_keys:
+                    raise KeyError(f"label key {key!r} is not in the data; set allow_missing_keys=True to skip it.")
+                continue
+            shape = tuple(getattr(d[key], "shape", ()))
+            if len(shape) != 3 or not 1 <= shape[0] <= 4:
+                raise ValueError(f"{key!r} must be channel-first (C, H, W) with 1-4 channels, got shape {shape}.")
+            d[key] = convert_to_tensor(d[key], track_meta=get_track_meta(), dtype=torch.float32)
         for transform in self.geometric:
             d = _expect_mapping(transform(d), transform)
-        # Same output type whichever geometric branch was drawn (the identity branch converts nothing).
-        for key in self.label_keys:
+        for key in self.label_keys:  # the identity branch returns inputs unchanged: convert for a stable type
             if key in d:
-                d[key] = convert_to_tensor(d[key], track_meta=get_track_meta())
-            elif not self.allow_missing_keys:
-                raise KeyError(f"label key {key!r} is not in the data; set allow_missing_keys=True to skip it.")
+                d[key] = convert_to_tensor(d[key], track_meta=get_track_meta(), dtype=torch.float32)
         for key in self.key_iterator(d):
-            d[key] = convert_to_tensor(d[key], track_meta=get_track_meta())
+            d[key] = convert_to_tensor(d[key], track_meta=get_track_meta(), dtype=torch.float32)
             for suffix, pipeline in ((self.weak_suffix, self.weak), (self.strong_suffix, self.strong)):
                 view_key = f"{key}{suffix}"
                 if view_key in d:
