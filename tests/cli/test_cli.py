@@ -267,7 +267,7 @@ def test_number_arguments_keep_their_type() -> None:
 def test_run_hands_configs_and_overrides_to_monai(monkeypatch: pytest.MonkeyPatch) -> None:
     received: dict = {}
     monkeypatch.setattr(monai.bundle, "run", lambda **kwargs: received.update(kwargs))
-    argv = ["run", SHIPPED, "evaluate", "--max_epochs", "2", "--device=cpu", "--roi", "[64,64]"]
+    argv = ["run", SHIPPED, "evaluate", "--max_epochs", "2", "--device=cpu", "--spatial_size", "[64,64]"]
     assert main(argv) == 0
     assert received == {
         "config_file": [_config("train.yaml"), _config("evaluate.yaml")],
@@ -275,7 +275,7 @@ def test_run_hands_configs_and_overrides_to_monai(monkeypatch: pytest.MonkeyPatc
         "logging_file": str(SHIPPED_ROOT / "configs" / "logging.conf"),
         "max_epochs": 2,
         "device": "cpu",
-        "roi": [64, 64],
+        "spatial_size": [64, 64],
     }
 
 

@@ -228,7 +228,7 @@ def test_load_datalist_errors(busi, tmp_path):
     build_datalist(root, "busi", output)
     with pytest.raises(DatalistError, match=r"available splits: \['labeled', 'unlabeled', 'validation', 'test'\]"):
         load_datalist(output, "train")
-    with pytest.raises(DatalistError, match=re.escape(f"split 'unlabeled' of {output} is empty")):
+    with pytest.raises(DatalistError, match=re.escape(f"{output}: split 'unlabeled' is empty")):
         load_datalist(output, "unlabeled")
     assert load_datalist(output, "unlabeled", allow_empty=True) == []
     with pytest.raises(DatalistError, match="no such datalist file"):

@@ -152,7 +152,9 @@ def test_overlay_is_drawn_on_the_original_image(tmp_path: Path) -> None:
 def test_prediction_layouts(tmp_path: Path, pred: object, expected_png: np.ndarray) -> None:
     out = tmp_path / "out"
     num_classes = 3 if expected_png.max() == 2 else 2
-    SaveSegmentationd(output_dir=out, formats=("png",), num_classes=num_classes)({"image": _source_image(tmp_path / "c.png"), "pred": pred})
+    SaveSegmentationd(output_dir=out, formats=("png",), num_classes=num_classes)(
+        {"image": _source_image(tmp_path / "c.png"), "pred": pred}
+    )
     np.testing.assert_array_equal(_read_png(out / "c_seg.png"), expected_png)
 
 

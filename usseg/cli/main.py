@@ -8,19 +8,33 @@ resolves a bundle's config files and hands over to MONAI's own bundle runner.
 from __future__ import annotations
 
 import argparse
+import copy
+import difflib
 import json
+import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-__all__ = ["main", "build_parser", "parse_overrides", "bundle_config_files"]
+from usseg.errors import InputError
+
+__all__ = ["main", "build_parser", "parse_overrides", "bundle_config_files", "check_override_keys", "RUNNER_OPTIONS"]
 
 LAYOUTS = ("busi", "generic", "dicom", "video")
 # configs merged on top of train.yaml rather than run alone
 OVERRIDE_CONFIGS = ("evaluate", "multi_gpu_train", "multi_gpu_evaluate")
+RUNNER_OPTIONS: frozenset[str] = frozenset(
+    {"run_id", "init_id", "final_id", "tracking", "args_file", "workflow_name", "workflow_type", "properties_path"}
+)
+"""Keys ``usseg run`` forwards to ``monai.bundle.run`` as runner arguments, not as config overrides."""
+# usseg run sets these itself from the bundle; passing them again would reach MONAI twice
+_SET_BY_USSEG = ("config_file", "meta_file", "logging_file")
+# MONAI's component keys: any dict with a _target_ accepts them even when the config file does not spell them out
+_COMPONENT_KEYS = ("_target_", "_disabled_", "_requires_", "_desc_", "_mode_")
+_MAX_SUGGESTIONS = 3
 
 
 def _scalar(text: str) -> Any:
@@ -99,8 +113,13 @@ def build_parser() -> argparse.ArgumentParser:
         "run",
         help="run a bundle config through MONAI's bundle runner",
         description="usseg run BUNDLE [CONFIG ...] [--key value ...]: CONFIG defaults to train; override configs "
-        "(evaluate, multi_gpu_train) are merged on train. Every --key value pair is passed to "
-        "`python -m monai.bundle run` unchanged (values are parsed as YAML: 2, 0.5, [64,64], true).",
+        "(evaluate, multi_gpu_train) are merged on train. Every --key value pair overrides a config key and is "
+        "passed to `python -m monai.bundle run` (values are parsed as YAML: 2, 0.5, [64,64], true). Nested keys "
+        "use # (--train#dataloader#num_workers 0). Each key must already exist in the merged configs: MONAI would "
+        "silently add a misspelt key (--max_epoch 2) and train with the default, so an unknown key is an error that "
+        "names the closest existing keys. Prefix a key with + to add it on purpose (--+my_key 1); on an existing "
+        "dict or list, + merges or appends as in MONAI config files (--+imports \"['$import numpy']\"). Runner "
+        f"options ({', '.join(sorted(RUNNER_OPTIONS))}) are passed through unchecked.",
     )
     run.add_argument("bundle", help="[REQUIRED] bundle name (see `usseg bundles`) or a bundle folder")
     run.add_argument("configs", nargs="*", default=["train"], help="config names or files (default: train)")
@@ -213,13 +232,132 @@ def _bundles(_: argparse.Namespace) -> None:
         print(f"    configs: {', '.join(info['configs'])}")
 
 
+def _config_ids(config: Any, prefix: str = "") -> Iterator[str]:
+    """Every id of a raw config, parents before children (``train``, ``train#dataloader``, ...)."""
+    children = config.items() if isinstance(config, dict) else enumerate(config) if isinstance(config, list) else ()
+    for name, value in children:
+        config_id = f"{prefix}#{name}" if prefix else str(name)
+        yield config_id
+        yield from _config_ids(value, config_id)
+
+
+def _closest_ids(key: str, ids: Sequence[str]) -> list[str]:
+    """Up to ``_MAX_SUGGESTIONS`` ids near ``key``: by the whole id, then by its last part (a misplaced parent)."""
+    found = difflib.get_close_matches(key, ids, n=_MAX_SUGGESTIONS, cutoff=0.6)
+    last = key.rsplit("#", 1)[-1]
+    by_last: dict[str, list[str]] = {}
+    for config_id in ids:
+        by_last.setdefault(config_id.rsplit("#", 1)[-1], []).append(config_id)
+    for name in difflib.get_close_matches(last, list(by_last), n=_MAX_SUGGESTIONS, cutoff=0.8):
+        for config_id in sorted(by_last[name], key=len):
+            if config_id not in found:
+                found.append(config_id)
+    return found[:_MAX_SUGGESTIONS]
+
+
+def _add_or_merge(parser: Any, config_id: str, value: Any, key: str) -> Any:
+    """The value a ``+``-prefixed override sets: ``value`` for a new id, merged into an existing dict or list.
+
+    Raises:
+        InputError: the parent of a new id does not exist or is not a dict, or an existing id holds a value that
+            cannot be merged with ``value``.
+    """
+    if config_id in parser:
+        existing = copy.deepcopy(parser[config_id])
+        if isinstance(existing, dict) and isinstance(value, dict):
+            return {**existing, **value}
+        if isinstance(existing, list) and isinstance(value, list):
+            return existing + value
+        raise InputError(
+            key,
+            f"{config_id!r} already exists with a value of type {type(existing).__name__}; + merges a dict into a "
+            f"dict or appends a list to a list, not a {type(value).__name__}. Drop the + to replace the value.",
+        )
+    parent, _, _ = config_id.rpartition("#")
+    if parent and not isinstance(parser.get(parent), dict):
+        problem = "does not exist" if parent not in parser else f"is a {type(parser[parent]).__name__}"
+        raise InputError(key, f"cannot add {config_id!r}: its parent {parent!r} {problem}; new keys go into a dict.")
+    return value
+
+
+def check_override_keys(
+    config_files: Sequence[str | os.PathLike],
+    overrides: Mapping[str, Any],
+    meta_file: str | os.PathLike | None = None,
+) -> dict[str, Any]:
+    """Check command-line override keys against the merged configs, before MONAI's runner sees them.
+
+    MONAI's runner adds an unknown override key without a word, so a typo (``max_epoch`` for ``max_epochs``) trains
+    with the default. Here every key must name an existing config id (``#`` or ``::`` for nested ids, list
+    positions as digits), a MONAI component key (``_disabled_``...) of an existing dict, or a runner option
+    (:data:`RUNNER_OPTIONS`). A key written ``+id`` is an explicit addition: a new id is added (its parent must be an
+    existing dict), and on an existing dict or list the value is merged or appended, as ``+`` does in MONAI config
+    files. Nothing is resolved or instantiated: the files are only read and merged with ``monai.bundle.ConfigParser``.
+
+    Args:
+        config_files: the config files in merge order (later files override earlier ones).
+        overrides: ``{key: value}`` as from :func:`parse_overrides`.
+        meta_file: the bundle's ``metadata.json``, whose content MONAI places under ``_meta_``; skipped when None
+            or missing.
+
+    Returns:
+        The overrides to hand to ``monai.bundle.run``: ``+`` removed from the keys and merged values in place.
+
+    Raises:
+        InputError: an unknown key (the message names it, the config files, the closest existing keys, and the
+            ``--+key`` form), an empty key, a key ``usseg run`` sets itself (``config_file``, ``meta_file``,
+            ``logging_file``), or a ``+`` key that cannot be added or merged.
+    """
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config([os.fspath(path) for path in config_files])
+    if meta_file is not None and Path(meta_file).is_file():
+        parser.read_meta(os.fspath(meta_file))
+    file_names = ", ".join(Path(path).name for path in config_files)
+    checked: dict[str, Any] = {}
+    unknown: list[tuple[str, str]] = []
+    ids: list[str] | None = None
+    for key, value in overrides.items():
+        # MONAI accepts both separators; "#" is the one usseg bundles use, so analyse and suggest in that form
+        config_id = (key[1:] if key.startswith("+") else key).replace("::", "#")
+        if not config_id.strip():
+            raise InputError(key or "''", "empty override key; write --name value.")
+        if key in _SET_BY_USSEG:
+            raise InputError(
+                key,
+                f"is set by usseg run from the bundle; name the configs as positional arguments instead of --{key}.",
+            )
+        if key.startswith("+"):
+            checked[config_id] = _add_or_merge(parser, config_id, value, key)
+            continue
+        parent, _, last = config_id.rpartition("#")
+        is_component_key = bool(parent) and last in _COMPONENT_KEYS and isinstance(parser.get(parent), dict)
+        if key in RUNNER_OPTIONS or config_id in parser or is_component_key:
+            checked[key] = value
+            continue
+        ids = list(_config_ids(parser.get())) if ids is None else ids
+        closest = _closest_ids(config_id, ids)
+        hint = f"did you mean {', '.join(closest)}?" if closest else "no similar key exists."
+        unknown.append((key, f"no such key in {file_names}; {hint} Write --+{key} to add it on purpose."))
+    if unknown:
+        # every unknown key at once, so a command with two typos is fixed in one go
+        first_key, first_problem = unknown[0]
+        others = [f"{key}: {problem}" for key, problem in unknown[1:]]
+        footer = "(MONAI would add an unknown key silently, and the run would keep the default value.)"
+        raise InputError(first_key, "\n".join([first_problem, *others, footer]))
+    return checked
+
+
 def _run(args: argparse.Namespace, overrides: dict[str, Any]) -> None:
     from monai.bundle import run as monai_run
 
     root, files = bundle_config_files(args.bundle, args.configs)
+    meta_file = root / "configs" / "metadata.json"
+    overrides = check_override_keys(files, overrides, meta_file=meta_file)
     monai_run(
         config_file=files,
-        meta_file=str(root / "configs" / "metadata.json"),
+        meta_file=str(meta_file),
         logging_file=str(root / "configs" / "logging.conf"),
         **overrides,
     )
@@ -239,7 +377,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             _run(args, parse_overrides(extra))
         else:
             {"prepare": _prepare, "phantom": _phantom, "bundles": _bundles}[args.command](args)
-    except (FileNotFoundError, ValueError) as err:  # bad input: one clear line, not a traceback
+    except (OSError, ValueError) as err:  # bad input, unwritable or full output folder: one clear line
         parser.exit(2, f"usseg {args.command}: error: {err}\n")
     return 0
 

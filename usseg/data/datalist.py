@@ -298,7 +298,7 @@ def load_datalist(path: str | os.PathLike, split: str, allow_empty: bool = False
         raise DatalistError(path, f"has no split {split!r}; available splits: {available}.")
     items = data[split]
     if not items and not allow_empty:
-        raise DatalistError(path, f"split {split!r} of {path} is empty.")
+        raise DatalistError(path, f"split {split!r} is empty.")
     base = path.parent
     resolved = []
     for index, item in enumerate(items):

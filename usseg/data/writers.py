@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import gzip
 import os
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -124,19 +124,28 @@ class SaveSegmentationd(MapTransform):
         if not source:
             raise ValueError(f"'{self.image_key}' has no meta['filename_or_obj']: load it with LoadImaged.")
         stem = source_stem(source)
+        # read and compute everything first: a bad source must not leave some of the files written
+        writes: list[tuple[Callable[..., Path], tuple]] = []
         for key in self.key_iterator(d):
             label_map = _label_map(d[key])
+            if self.binary and label_map.max(initial=0) > 1:
+                raise ValueError(f"{source}: prediction holds label {label_map.max()} but num_classes is 2.")
             suffix = "" if len(self.keys) == 1 else f"_{key}"
+            mask_stem = self.output_dir / f"{stem}_{self.postfix}{suffix}"
             if "png" in self.formats:
-                write_mask_png(self.output_dir / f"{stem}_{self.postfix}{suffix}.png", label_map, self.binary)
+                writes.append((write_mask_png, (mask_stem.with_name(mask_stem.name + ".png"), label_map, self.binary)))
             if "nii.gz" in self.formats:
-                write_mask_nifti(self.output_dir / f"{stem}_{self.postfix}{suffix}.nii.gz", label_map, _spacing(meta))
+                nifti = mask_stem.with_name(mask_stem.name + ".nii.gz")
+                writes.append((write_mask_nifti, (nifti, label_map, _spacing(meta))))
             if "overlay" in self.formats:
-                self._write_overlay(source, label_map, self.output_dir / f"{stem}_overlay{suffix}.png")
+                overlay = self._overlay(source, label_map)
+                writes.append((atomic_save_image, (self.output_dir / f"{stem}_overlay{suffix}.png", overlay)))
+        for write, args in writes:
+            write(*args)
         return d
 
     @staticmethod
-    def _write_overlay(source: str, label_map: np.ndarray, path: Path) -> None:
+    def _overlay(source: str, label_map: np.ndarray) -> np.ndarray:
         from PIL import Image
 
         from usseg.data.readers import read_image_array
@@ -145,4 +154,4 @@ class SaveSegmentationd(MapTransform):
         original = read_image_array(source, color="gray")
         if original.shape != label_map.shape:  # the prediction was not inverted to the input size
             original = np.asarray(Image.fromarray(original).resize(label_map.shape[::-1], Image.BILINEAR))
-        atomic_save_image(path, overlay_rgb(original, label_map))
+        return overlay_rgb(original, label_map)

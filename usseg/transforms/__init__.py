@@ -13,6 +13,11 @@ from usseg.transforms.checks import (
     CheckMaskMatchesImaged,
     source_file,
 )
+from usseg.transforms.geometry_checks import (
+    CheckSameGeometryD,
+    CheckSameGeometryd,
+    CheckSameGeometryDict,
+)
 from usseg.transforms.intensity import (
     RandAcousticShadow,
     RandAcousticShadowD,
@@ -59,6 +64,9 @@ from usseg.transforms.views import (
 )
 
 __all__ = [
+    "CheckSameGeometryd",
+    "CheckSameGeometryD",
+    "CheckSameGeometryDict",
     "CheckFinited",
     "CheckMaskMatchesImaged",
     "CropToScanCone",

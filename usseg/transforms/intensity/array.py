@@ -31,6 +31,9 @@ from monai.transforms.transform import RandomizableTransform
 from monai.utils import TransformBackends, convert_to_dst_type, convert_to_tensor
 from scipy import ndimage, special
 
+from usseg.errors import InputError
+from usseg.transforms.checks import source_file
+
 __all__ = ["RandSpeckleNoise", "RandDepthAttenuation", "RandAcousticShadow"]
 
 _GAUSSIAN_TRUNCATE = 4.0
@@ -97,6 +100,14 @@ def _check_channel_first_2d(img: NdarrayOrTensor, transform_name: str) -> tuple[
     if len(shape) != 3 or min(shape) < 1:
         raise ValueError(f"{transform_name} expects a channel-first 2D image (C, H, W), got shape {shape}.")
     return int(shape[1]), int(shape[2])
+
+
+def _finite(img: torch.Tensor, transform_name: str) -> torch.Tensor:
+    """Refuse NaN/Inf: clipping would silently turn an Inf pixel into bright tissue, whether or not the coin flips."""
+    if not bool(torch.isfinite(img).all()):
+        bad = int((~torch.isfinite(img)).sum())
+        raise InputError(source_file(img, transform_name), f"contains {bad} NaN or Inf values ({transform_name}).")
+    return img
 
 
 def _apply_display_shift(img: torch.Tensor, shift: np.ndarray, value_range: tuple[float, float]) -> torch.Tensor:
@@ -270,7 +281,7 @@ class RandSpeckleNoise(RandomizableTransform):
             ValueError: ``img`` is not ``(C, H, W)``, or differs in size from the noise drawn with ``randomize=False``.
             RuntimeError: ``randomize=False`` before any draw.
         """
-        img = convert_to_tensor(img, track_meta=get_track_meta(), dtype=torch.float32)
+        img = _finite(convert_to_tensor(img, track_meta=get_track_meta(), dtype=torch.float32), type(self).__name__)
         shape = _check_channel_first_2d(img, type(self).__name__)
         if randomize:
             self.randomize(img)
@@ -385,7 +396,7 @@ class RandDepthAttenuation(RandomizableTransform):
             ValueError: ``img`` is not ``(C, H, W)``.
             RuntimeError: ``randomize=False`` before any draw.
         """
-        img = convert_to_tensor(img, track_meta=get_track_meta(), dtype=torch.float32)
+        img = _finite(convert_to_tensor(img, track_meta=get_track_meta(), dtype=torch.float32), type(self).__name__)
         _check_channel_first_2d(img, type(self).__name__)
         if randomize:
             self.randomize()
@@ -577,7 +588,7 @@ class RandAcousticShadow(RandomizableTransform):
                 without a label.
             RuntimeError: ``randomize=False`` before any draw.
         """
-        img = convert_to_tensor(img, track_meta=get_track_meta(), dtype=torch.float32)
+        img = _finite(convert_to_tensor(img, track_meta=get_track_meta(), dtype=torch.float32), type(self).__name__)
         shape = _check_channel_first_2d(img, type(self).__name__)
         if randomize:
             self.randomize(img, label)
