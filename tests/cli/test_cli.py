@@ -315,3 +315,15 @@ def test_installed_console_script_help_and_bundles(tmp_path: Path) -> None:
     assert SHIPPED in listed.stdout and "train.yaml" in listed.stdout
     failed = subprocess.run([script, "prepare"], capture_output=True, text=True, timeout=60, cwd=tmp_path)
     assert failed.returncode == 2 and "usage: usseg prepare" in failed.stderr
+
+
+@pytest.mark.parametrize(
+    ("tokens", "expected"),
+    [
+        pytest.param(["--resume"], {"resume": True}, id="alone"),
+        pytest.param(["--resume", "--max_epochs", "3"], {"resume": True, "max_epochs": 3}, id="before-another-key"),
+        pytest.param(["--resume", "false"], {"resume": False}, id="explicit-value"),
+    ],
+)
+def test_resume_is_a_flag(tokens: list[str], expected: dict) -> None:
+    assert parse_overrides(tokens) == expected

@@ -24,6 +24,7 @@ from usseg.errors import InputError
 __all__ = ["main", "build_parser", "parse_overrides", "bundle_config_files", "check_override_keys", "RUNNER_OPTIONS"]
 
 LAYOUTS = ("busi", "generic", "dicom", "video")
+FLAGS = frozenset({"resume"})  # boolean config keys that `usseg run` accepts without a value
 # configs merged on top of train.yaml rather than run alone
 OVERRIDE_CONFIGS = ("evaluate", "multi_gpu_train", "multi_gpu_evaluate")
 RUNNER_OPTIONS: frozenset[str] = frozenset(
@@ -129,6 +130,8 @@ def build_parser() -> argparse.ArgumentParser:
 def parse_overrides(tokens: Sequence[str]) -> dict[str, Any]:
     """Turn ``["--max_epochs", "2", "--train#dataloader#num_workers=0"]`` into ``{"max_epochs": 2, ...}``.
 
+    A key in ``FLAGS`` (``--resume``) may stand alone and then means ``true``.
+
     Raises:
         SystemExit: on a token that is not ``--key`` or a key without a value.
     """
@@ -140,6 +143,9 @@ def parse_overrides(tokens: Sequence[str]) -> dict[str, Any]:
             raise SystemExit(f"usseg run: expected --key value, got {token!r}")
         key, _, value = token[2:].partition("=")
         if not _:
+            if key in FLAGS and (not tokens or tokens[0].startswith("--")):
+                overrides[key] = True  # `--resume` alone means `--resume true`
+                continue
             if not tokens:
                 raise SystemExit(f"usseg run: --{key} needs a value")
             value = tokens.pop(0)
