@@ -124,6 +124,15 @@ class SupervisedTrainer(MonaiSupervisedTrainer):
         """Every optimizer stepped each iteration."""
         return [self.optimizer]
 
+    def close_data_iterators(self) -> None:
+        """Stop the current data iterator (and its prefetch thread, for a ``ThreadDataLoader``) before a new epoch.
+
+        ignite keeps the iterator privately; ``EpochSeedHandler`` calls this before it re-seeds the generators.
+        """
+        iterator = getattr(self, "_dataloader_iter", None)
+        if hasattr(iterator, "close"):
+            iterator.close()
+
     def network_input(self, tensor: torch.Tensor) -> torch.Tensor:
         """A batch as the network wants it: a plain tensor, channels-last when configured."""
         tensor = _plain(tensor)
@@ -301,10 +310,18 @@ class SemiSupervisedTrainer(SupervisedTrainer):
         # unique per (epoch, pass) and derived from engine state only, so a resumed run reproduces it
         return self.state.epoch * 10_000 + passes
 
-    def _restart_unlabeled_stream(self, engine: Engine) -> None:
-        if hasattr(self._unlabeled_iter, "close"):  # stop a ThreadDataLoader's prefetch thread before a new pass
+    def close_data_iterators(self) -> None:
+        super().close_data_iterators()
+        self._close_unlabeled_iterator()
+
+    def _close_unlabeled_iterator(self) -> None:
+        if hasattr(self._unlabeled_iter, "close"):  # stop a ThreadDataLoader's prefetch thread
             self._unlabeled_iter.close()
-        self._unlabeled_iter, self._unlabeled_passes, self._labeled_passes = None, 0, 0
+        self._unlabeled_iter = None
+
+    def _restart_unlabeled_stream(self, engine: Engine) -> None:
+        self._close_unlabeled_iterator()
+        self._unlabeled_passes, self._labeled_passes = 0, 0
 
     def _reshuffle_labeled_stream(self, engine: Engine) -> None:
         # ignite restarts the labeled loader when it runs out inside an epoch; without a new sampler epoch a

@@ -29,13 +29,21 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from ignite.engine import Engine, Events
 from monai.utils import set_determinism
 
 from usseg.data.io import atomic_write, ensure_writable_dir
 
-__all__ = ["epoch_seed", "EpochSeedHandler", "TrainingCheckpointHandler", "BestMetricState", "CHECKPOINT_PATTERN"]
+__all__ = [
+    "epoch_seed",
+    "stream_seed",
+    "EpochSeedHandler",
+    "TrainingCheckpointHandler",
+    "BestMetricState",
+    "CHECKPOINT_PATTERN",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +59,14 @@ def epoch_seed(seed: int, epoch: int) -> int:
 def _loaders(engine: Engine) -> list[Any]:
     candidates = (getattr(engine, "data_loader", None), getattr(engine, "unlabeled_data_loader", None))
     return [loader for loader in candidates if loader is not None]
+
+
+def stream_seed(seed: int, epoch: int, stream: int) -> int:
+    """The transform seed of data stream ``stream`` (0 labeled, 1 unlabeled, ...) in ``epoch``.
+
+    Derived from all three numbers together, so no stream ever replays another stream's draws of another epoch.
+    """
+    return int(np.random.SeedSequence([int(seed) % 2**32, int(epoch), int(stream)]).generate_state(1)[0])
 
 
 class EpochSeedHandler:
@@ -75,20 +91,23 @@ class EpochSeedHandler:
             engine.add_event_handler(Events.EPOCH_STARTED, self)
 
     def __call__(self, engine: Engine) -> None:
+        # stop the previous epoch's iterators FIRST: a ThreadDataLoader's prefetch thread would otherwise still be
+        # running a transform, drawing from the generators while they are re-seeded below
+        close = getattr(engine, "close_data_iterators", None)
+        if callable(close):
+            close()
+        elif hasattr(getattr(engine, "_dataloader_iter", None), "close"):  # a plain ignite engine
+            engine._dataloader_iter.close()
         seed = epoch_seed(self.seed, engine.state.epoch)
+        logger.info("epoch %d: all generators seeded with %d (run seed %d)", engine.state.epoch, seed, self.seed)
         set_determinism(seed=seed)
         random.seed(seed)  # set_determinism seeds numpy and torch; Python's own generator is seeded here
         datasets = [getattr(loader, "dataset", None) for loader in _loaders(engine)] + self.datasets
-        for offset, dataset in enumerate(datasets):
+        for stream, dataset in enumerate(datasets):
             transform = getattr(dataset, "transform", None)
             if hasattr(transform, "set_random_state"):
-                transform.set_random_state(seed=(seed + offset) % (2**32))
+                transform.set_random_state(seed=stream_seed(self.seed, engine.state.epoch, stream))
         if engine.state.dataloader is not None:
-            # stop the previous iterator first: a ThreadDataLoader's prefetch thread would otherwise keep drawing
-            # from the transforms' generators while they are re-seeded (ignite keeps the iterator privately)
-            previous = getattr(engine, "_dataloader_iter", None)
-            if hasattr(previous, "close"):
-                previous.close()
             engine.set_data(engine.state.dataloader)  # a fresh iterator, created after the seeding above
 
 
@@ -183,6 +202,15 @@ class TrainingCheckpointHandler:
             raise ValueError(f"interval must be >= 1 and n_saved >= 2, got interval={interval}, n_saved={n_saved}.")
         if not save_dict:
             raise ValueError("save_dict is empty: nothing to checkpoint.")
+        for name, obj in save_dict.items():
+            target = obj.module if isinstance(obj, torch.nn.parallel.DistributedDataParallel) else obj
+            if not (
+                callable(getattr(target, "state_dict", None)) and callable(getattr(target, "load_state_dict", None))
+            ):
+                raise TypeError(
+                    f"save_dict[{name!r}] is a {type(obj).__name__}, which lacks state_dict()/load_state_dict(): "
+                    "it could be saved but never resumed."
+                )
         self.save_dir = Path(save_dir)
         self.save_dict = dict(save_dict)
         self.seed, self.resume, self.interval, self.n_saved = int(seed), bool(resume), int(interval), int(n_saved)
@@ -202,9 +230,13 @@ class TrainingCheckpointHandler:
             )
 
     def attach(self, engine: Engine) -> None:
+        """Check the destination, then register: resume (or clear earlier checkpoints) at ``STARTED``, save at
+        ``EPOCH_COMPLETED``. Attach it after the handlers whose state it saves (``LrScheduleHandler``,
+        ``ValidationHandler``): ignite runs an event's handlers in the order they were attached."""
         self.check_destination()
-        if self.resume and not engine.has_event_handler(self.load_latest, Events.STARTED):
-            engine.add_event_handler(Events.STARTED, self.load_latest)
+        start = self.load_latest if self.resume else self.start_fresh
+        if not engine.has_event_handler(start, Events.STARTED):
+            engine.add_event_handler(Events.STARTED, start)
         if not engine.has_event_handler(self.save, Events.EPOCH_COMPLETED):
             engine.add_event_handler(Events.EPOCH_COMPLETED, self.save)
 
@@ -237,10 +269,34 @@ class TrainingCheckpointHandler:
         for _, old in self.checkpoints()[self.n_saved :]:
             old.unlink(missing_ok=True)
 
+    # -- starting -------------------------------------------------------------------------------------------------
+
+    def _remove_stale_temporaries(self) -> None:
+        for stale in self.save_dir.glob(".checkpoint_epoch*.tmp"):  # a write cut short by a kill
+            stale.unlink(missing_ok=True)
+
+    def start_fresh(self, engine: Engine) -> None:
+        """A run that does not resume replaces the checkpoints of an earlier run in ``save_dir``.
+
+        Otherwise the earlier run's later epochs would outlive this run's and a later resume would load them.
+        """
+        self._remove_stale_temporaries()
+        earlier = self.checkpoints()
+        if earlier:
+            logger.warning(
+                "%s holds %d checkpoints of an earlier run; this run does not resume (resume=false), so they are "
+                "removed.",
+                self.save_dir,
+                len(earlier),
+            )
+            for _, path in earlier:
+                path.unlink(missing_ok=True)
+
     # -- resuming -------------------------------------------------------------------------------------------------
 
     def load_latest(self, engine: Engine) -> Path | None:
         """Load the newest loadable checkpoint into ``save_dict`` and the trainer; return its path (None if none)."""
+        self._remove_stale_temporaries()
         candidates = self.checkpoints()
         if not candidates:
             logger.info("resume: no checkpoint in %s; starting from scratch.", self.save_dir)
