@@ -124,6 +124,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("bundle", help="[REQUIRED] bundle name (see `usseg bundles`) or a bundle folder")
     run.add_argument("configs", nargs="*", default=["train"], help="config names or files (default: train)")
+
+    bundle_zip = sub.add_parser(
+        "bundle-zip",
+        help="pack a bundle with its trained weights as a model-zoo zip",
+        description="Write DIR/NAME_v<version>.zip, unpacking to NAME/: configs, docs, LICENSE and models/model.pt "
+        "(from --weights, else ./outputs/NAME/models/model.pt, else the bundle's own). Outputs and caches are left "
+        "out. Weights over the zoo's 25 MB limit are listed in large_files.yml with --weights-url and their sha256. "
+        "The metadata and the folder must pass the zoo's checks first.",
+    )
+    bundle_zip.add_argument("bundle", help="[REQUIRED] bundle name (see `usseg bundles`) or a bundle folder")
+    bundle_zip.add_argument("-o", "--output-dir", type=Path, default=Path("."), help="folder for the zip (default .)")
+    bundle_zip.add_argument("--weights", type=Path, default=None, help="trained weights (a state dict) to publish")
+    bundle_zip.add_argument("--weights-url", default=None, help="download URL of weights over 25 MB")
+    bundle_zip.add_argument("--no-weights", action="store_true", help="pack the configs only, without models/model.pt")
     return parser
 
 
@@ -227,6 +241,25 @@ def _phantom(args: argparse.Namespace) -> None:
             progress=True,
         )
         print(f"datalist written to {output}")
+
+
+def _bundle_zip(args: argparse.Namespace) -> None:
+    from usseg.zoo import zip_bundle
+
+    archive = zip_bundle(
+        args.bundle,
+        args.output_dir,
+        weights=args.weights,
+        weights_url=args.weights_url,
+        include_weights=not args.no_weights,
+    )
+    if archive.weights is None:
+        print("weights: none (--no-weights)")
+    elif archive.weights_in_zip:
+        print(f"weights: {archive.weights} -> models/model.pt")
+    else:
+        print(f"weights: {archive.weights} -> large_files.yml ({args.weights_url}, sha256 listed)")
+    print(f"bundle zip written to {archive.path}")
 
 
 def _bundles(_: argparse.Namespace) -> None:
@@ -382,7 +415,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "run":
             _run(args, parse_overrides(extra))
         else:
-            {"prepare": _prepare, "phantom": _phantom, "bundles": _bundles}[args.command](args)
+            commands = {"prepare": _prepare, "phantom": _phantom, "bundles": _bundles, "bundle-zip": _bundle_zip}
+            commands[args.command](args)
     except (OSError, ValueError) as err:  # bad input, unwritable or full output folder: one clear line
         parser.exit(2, f"usseg {args.command}: error: {err}\n")
     return 0

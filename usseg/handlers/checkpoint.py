@@ -61,12 +61,19 @@ def _loaders(engine: Engine) -> list[Any]:
     return [loader for loader in candidates if loader is not None]
 
 
-def stream_seed(seed: int, epoch: int, stream: int) -> int:
-    """The transform seed of data stream ``stream`` (0 labeled, 1 unlabeled, ...) in ``epoch``.
+def stream_seed(seed: int, epoch: int, stream: int, rank: int = 0) -> int:
+    """The transform seed of data stream ``stream`` (0 labeled, 1 unlabeled, ...) in ``epoch`` on process ``rank``.
 
-    Derived from all three numbers together, so no stream ever replays another stream's draws of another epoch.
+    Derived from all the numbers together, so no stream ever replays another stream's draws of another epoch, and
+    under DDP every rank draws its own augmentations (rank 0 keeps the single-process seeds).
     """
-    return int(np.random.SeedSequence([int(seed) % 2**32, int(epoch), int(stream)]).generate_state(1)[0])
+    entropy = [int(seed) % 2**32, int(epoch), int(stream)] + ([int(rank)] if rank else [])
+    return int(np.random.SeedSequence(entropy).generate_state(1)[0])
+
+
+def _rank_seed(seed: int, rank: int) -> int:
+    # rank 0 keeps the single-process seed; other ranks get their own stream for dropout and other global draws
+    return seed if not rank else int(np.random.SeedSequence([seed, int(rank)]).generate_state(1)[0])
 
 
 class EpochSeedHandler:
@@ -98,15 +105,18 @@ class EpochSeedHandler:
             close()
         elif hasattr(getattr(engine, "_dataloader_iter", None), "close"):  # a plain ignite engine
             engine._dataloader_iter.close()
-        seed = epoch_seed(self.seed, engine.state.epoch)
-        logger.info("epoch %d: all generators seeded with %d (run seed %d)", engine.state.epoch, seed, self.seed)
+        rank = int(getattr(engine.state, "rank", 0) or 0)
+        seed = _rank_seed(epoch_seed(self.seed, engine.state.epoch), rank)
+        logger.info(
+            "epoch %d: all generators seeded with %d (run seed %d, rank %d)", engine.state.epoch, seed, self.seed, rank
+        )
         set_determinism(seed=seed)
         random.seed(seed)  # set_determinism seeds numpy and torch; Python's own generator is seeded here
         datasets = [getattr(loader, "dataset", None) for loader in _loaders(engine)] + self.datasets
         for stream, dataset in enumerate(datasets):
             transform = getattr(dataset, "transform", None)
             if hasattr(transform, "set_random_state"):
-                transform.set_random_state(seed=stream_seed(self.seed, engine.state.epoch, stream))
+                transform.set_random_state(seed=stream_seed(self.seed, engine.state.epoch, stream, rank))
         if engine.state.dataloader is not None:
             engine.set_data(engine.state.dataloader)  # a fresh iterator, created after the seeding above
 
