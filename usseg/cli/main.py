@@ -138,6 +138,46 @@ def build_parser() -> argparse.ArgumentParser:
     bundle_zip.add_argument("--weights", type=Path, default=None, help="trained weights (a state dict) to publish")
     bundle_zip.add_argument("--weights-url", default=None, help="download URL of weights over 25 MB")
     bundle_zip.add_argument("--no-weights", action="store_true", help="pack the configs only, without models/model.pt")
+
+    infer = sub.add_parser(
+        "infer",
+        help="segment images, NIfTI, DICOM (single frame or cine), videos and folders of them",
+        description="Segment every input with a bundle's network and write, per input, NIfTI and PNG masks, PNG "
+        "overlays and a JSON of per-frame class probabilities and areas (and DICOM SEG with --dicom-seg); cines get "
+        "one PNG per frame (<stem>_f0003_seg.png). Folders are searched recursively. A file that fails is named in "
+        "OUTPUT/inference_report.json and the run goes on; the exit code is 1 when any input failed.",
+    )
+    infer.add_argument("inputs", nargs="+", type=Path, help="[REQUIRED] files and folders to segment")
+    infer.add_argument("-o", "--output-dir", type=Path, required=True, help="[REQUIRED] folder for the results")
+    infer.add_argument(
+        "--bundle", default="breast_us_supervised_segmentation", help="bundle name or folder (default %(default)s)"
+    )
+    infer.add_argument(
+        "--weights",
+        type=Path,
+        default=None,
+        help="weights (a state dict); default ./outputs/BUNDLE/models/model.pt, else the bundle's models/model.pt",
+    )
+    infer.add_argument("--backend", choices=("torch", "onnx"), default="torch", help="onnx: ONNX Runtime on the CPU")
+    infer.add_argument(
+        "--formats",
+        nargs="+",
+        choices=("nii.gz", "png", "overlay", "json"),
+        default=["nii.gz", "png", "overlay", "json"],
+        help="outputs to write (default all)",
+    )
+    infer.add_argument("--dicom-seg", action="store_true", help="also write DICOM SEG for DICOM inputs (highdicom)")
+    infer.add_argument("--device", default="auto", help="torch device (default auto: CUDA when available)")
+    infer.add_argument(
+        "--spatial-size",
+        type=int,
+        nargs=2,
+        default=None,
+        metavar=("H", "W"),
+        help="network input size (default: bundle's)",
+    )
+    infer.add_argument("--batch-size", type=int, default=8, help="frames per forward pass (default 8)")
+    infer.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
 
 
@@ -260,6 +300,29 @@ def _bundle_zip(args: argparse.Namespace) -> None:
     else:
         print(f"weights: {archive.weights} -> large_files.yml ({args.weights_url}, sha256 listed)")
     print(f"bundle zip written to {archive.path}")
+
+
+def _infer(args: argparse.Namespace) -> None:
+    from usseg.inference import infer
+
+    report = infer(
+        args.inputs,
+        bundle=args.bundle,
+        output_dir=args.output_dir,
+        weights=args.weights,
+        backend=args.backend,
+        formats=args.formats,
+        dicom_seg=args.dicom_seg,
+        device=args.device,
+        progress=not args.no_progress,
+        spatial_size=args.spatial_size,
+        batch_size=args.batch_size,
+    )
+    print(f"segmented {len(report.succeeded)} file(s), {len(report.failed)} failed; report: {report.report_path}")
+    for failure in report.failed:
+        print(f"FAILED {failure['error']}", file=sys.stderr)
+    if report.failed:
+        raise SystemExit(1)
 
 
 def _bundles(_: argparse.Namespace) -> None:
@@ -415,7 +478,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "run":
             _run(args, parse_overrides(extra))
         else:
-            commands = {"prepare": _prepare, "phantom": _phantom, "bundles": _bundles, "bundle-zip": _bundle_zip}
+            commands = {
+                "prepare": _prepare,
+                "phantom": _phantom,
+                "bundles": _bundles,
+                "bundle-zip": _bundle_zip,
+                "infer": _infer,
+            }
             commands[args.command](args)
     except (OSError, ValueError) as err:  # bad input, unwritable or full output folder: one clear line
         parser.exit(2, f"usseg {args.command}: error: {err}\n")
