@@ -55,6 +55,7 @@ __all__ = [
     "load_network",
     "export_torchscript",
     "export_onnx",
+    "onnx_runner",
     "compare_exports",
     "check_exports",
     "check_bundle_dir",
@@ -553,7 +554,8 @@ def export_onnx(
     return Path(filepath)
 
 
-def _onnx_runner(onnx_file: str | os.PathLike) -> Callable[[torch.Tensor], np.ndarray]:
+def onnx_runner(onnx_file: str | os.PathLike) -> Callable[[torch.Tensor], np.ndarray]:
+    """An ONNX Runtime session on the CPU provider, as a function of a torch tensor returning the first output."""
     try:
         import onnxruntime
     except ImportError as err:
@@ -604,7 +606,7 @@ def compare_exports(
         scripted = torch.jit.load(os.fspath(torchscript_file), map_location="cpu").eval()
         runners["torchscript"] = lambda x: scripted(x).numpy()
     if onnx_file is not None:
-        runners["onnx"] = _onnx_runner(onnx_file)
+        runners["onnx"] = onnx_runner(onnx_file)
     if not runners:
         raise ValueError("give torchscript_file, onnx_file or both.")
     network = load_network(bundle_dir, ckpt_file, "cpu")
