@@ -160,6 +160,8 @@ def measure(workflow: ConfigWorkflow, name: str, args: argparse.Namespace) -> di
     for _ in range(args.rounds):
         trainer_times.append(trainer_round(trainer))
         plain_times.append(plain.round(args.iterations))
+    trainer.terminate()  # end the paused run properly, so no handler fires during interpreter shutdown
+    trainer.run()
     images = args.iterations * args.batch_size
     ratios = [p / t for t, p in zip(trainer_times, plain_times)]  # (images/s trainer) / (images/s plain)
     return {
