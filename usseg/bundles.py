@@ -13,7 +13,7 @@ import json
 import os
 from pathlib import Path
 
-__all__ = ["bundles_dir", "list_bundles", "bundle_root", "bundle_configs"]
+__all__ = ["bundles_dir", "list_bundles", "bundle_root", "bundle_configs", "resolve_bundle"]
 
 
 def bundles_dir() -> Path:
@@ -68,3 +68,20 @@ def bundle_configs(name: str) -> list[str]:
     """The config file names of bundle ``name`` (``train.yaml``, ``evaluate.yaml``...)."""
     folder = Path(bundle_root(name)) / "configs"
     return sorted(p.name for p in folder.iterdir() if p.suffix in (".yaml", ".yml", ".json") and p.stem != "metadata")
+
+
+def resolve_bundle(bundle: str | os.PathLike) -> Path:
+    """A bundle given by name (``breast_us_supervised_segmentation``) or by folder, as its resolved folder.
+
+    Raises:
+        InputError: a folder that is not a bundle (no ``configs/metadata.json``).
+        FileNotFoundError: an unknown bundle name.
+    """
+    from usseg.errors import InputError
+
+    candidate = Path(bundle)
+    if candidate.is_dir():
+        if not _is_bundle(candidate):
+            raise InputError(candidate, "is not a bundle folder (no configs/metadata.json).")
+        return candidate.resolve()
+    return Path(bundle_root(os.fspath(bundle)))

@@ -35,7 +35,6 @@ probabilities are that close.
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import json
 import logging
@@ -49,7 +48,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from usseg.data.io import atomic_save_image, atomic_write, atomic_write_json, ensure_writable_dir
+from usseg.bundles import resolve_bundle
+from usseg.data.io import atomic_save_image, atomic_write, atomic_write_json, ensure_writable_dir, file_digest
 from usseg.data.readers import DICOM_SUFFIXES, IMAGE_SUFFIXES, VIDEO_SUFFIXES
 from usseg.errors import InputError
 
@@ -238,23 +238,6 @@ def load_frames(path: PathLike) -> tuple[np.ndarray, dict[str, Any]]:
 # ------------------------------------------------------------------------------------------------------ network
 
 
-def _bundle_dir(bundle: PathLike) -> Path:
-    from usseg.bundles import bundle_root
-
-    folder = Path(bundle)
-    if (folder / "configs" / "metadata.json").is_file():
-        return folder.resolve()
-    return Path(bundle_root(str(bundle)))
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 class Segmenter:
     """A bundle's segmentation network with its inference preprocessing, on the torch or the ONNX Runtime backend.
 
@@ -297,7 +280,7 @@ class Segmenter:
             raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}.")
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}.")
-        self.bundle_dir = _bundle_dir(bundle)
+        self.bundle_dir = resolve_bundle(bundle)
         self.name = self.bundle_dir.name
         parser = ConfigParser()
         parser.read_config(os.fspath(inference_config(self.bundle_dir)))
@@ -356,7 +339,7 @@ class Segmenter:
         except PermissionError:
             folder = ensure_writable_dir(Path(tempfile.gettempdir()) / "usseg_onnx_cache")
         # named after the weights' content: new weights under the same file name never reuse a stale export
-        onnx_file = folder / f"{self.weights.stem}.{_sha256(self.weights)[:16]}.onnx"
+        onnx_file = folder / f"{self.weights.stem}.{file_digest(self.weights)[:16]}.onnx"
         if not onnx_file.is_file():
             logger.info("exporting %s to ONNX: %s", self.weights, onnx_file)
             export_onnx(self.bundle_dir, self.weights, onnx_file)

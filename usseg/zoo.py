@@ -18,7 +18,6 @@ function takes a bundle folder, so bundles added later get all of this without e
 from __future__ import annotations
 
 import ast
-import hashlib
 import importlib.util
 import json
 import math
@@ -37,7 +36,8 @@ import numpy as np
 import torch
 import yaml
 
-from usseg.data.io import atomic_write
+from usseg.bundles import resolve_bundle
+from usseg.data.io import atomic_write, file_digest
 from usseg.errors import InputError
 
 __all__ = [
@@ -192,7 +192,7 @@ def verify_metadata(meta_file: str | os.PathLike, schema_file: str | os.PathLike
         monai_verify_metadata(
             meta_file=os.fspath(meta_file),
             filepath=os.fspath(schema_file),
-            hash_val=_sha256(schema_file),
+            hash_val=file_digest(schema_file),
             hash_type="sha256",
         )
     except ValueError as err:
@@ -794,17 +794,6 @@ class BundleArchive:
     large_files: list[dict[str, Any]] = field(default_factory=list)
 
 
-def _resolve_bundle(bundle: str | os.PathLike) -> Path:
-    from usseg.bundles import bundle_root
-
-    candidate = Path(bundle)
-    if candidate.is_dir():
-        if not (candidate / "configs" / "metadata.json").is_file():
-            raise InputError(candidate, "is not a bundle folder (no configs/metadata.json).")
-        return candidate.resolve()
-    return Path(bundle_root(os.fspath(bundle)))
-
-
 def find_weights(
     name: str,
     bundle_dir: str | os.PathLike,
@@ -838,14 +827,6 @@ def find_weights(
         if candidate.is_file():
             return candidate
     return None
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _check_url(url: str) -> None:
@@ -895,7 +876,7 @@ def zip_bundle(
         raise ValueError(f"weights={os.fspath(weights)!r} contradicts include_weights=False (--no-weights).")
     if weights_url is not None:
         _check_url(weights_url)
-    bundle_dir = _resolve_bundle(bundle)
+    bundle_dir = resolve_bundle(bundle)
     name = bundle_dir.name
     meta_file = bundle_dir / "configs" / "metadata.json"
     verify_metadata(meta_file)
@@ -927,7 +908,7 @@ def zip_bundle(
                 "large_files.yml with its sha256).",
             )
         entries.append(
-            {"path": WEIGHTS_PATH, "url": weights_url, "hash_val": _sha256(weights_file), "hash_type": "sha256"}
+            {"path": WEIGHTS_PATH, "url": weights_url, "hash_val": file_digest(weights_file), "hash_type": "sha256"}
         )
 
     files = [

@@ -15,6 +15,7 @@ import pytest
 import usseg.bundles
 from usseg.cli.main import build_parser, bundle_config_files, main, parse_overrides
 from usseg.data.phantom import write_phantom_dataset
+from usseg.errors import InputError
 
 SHIPPED = "breast_us_supervised_segmentation"
 SHIPPED_ROOT = Path(usseg.bundles.__file__).resolve().parent.parent / "bundles" / SHIPPED
@@ -142,6 +143,9 @@ def test_bundle_given_as_a_folder(tmp_path: Path) -> None:
     (bundle / "configs").mkdir(parents=True)
     for name in ("train.yaml", "evaluate.yml", "infer.json"):
         (bundle / "configs" / name).write_text("{}\n")
+    with pytest.raises(InputError, match="is not a bundle folder"):  # MONAI's runner needs its metadata.json
+        bundle_config_files(str(bundle), ["evaluate", "infer"])
+    (bundle / "configs" / "metadata.json").write_text("{}\n")
     root, files = bundle_config_files(str(bundle), ["evaluate", "infer"])
     assert root == bundle
     assert files == [str((bundle / "configs" / n).resolve()) for n in ("train.yaml", "evaluate.yml", "infer.json")]

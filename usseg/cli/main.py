@@ -209,9 +209,9 @@ def parse_overrides(tokens: Sequence[str]) -> dict[str, Any]:
 
 def bundle_config_files(bundle: str, configs: Sequence[str]) -> tuple[Path, list[str]]:
     """Resolve a bundle and config names to ``(bundle folder, [config files])``; overrides get train.yaml first."""
-    from usseg.bundles import bundle_root
+    from usseg.bundles import resolve_bundle
 
-    root = Path(bundle) if Path(bundle).is_dir() else Path(bundle_root(bundle))
+    root = resolve_bundle(bundle)
     files: list[str] = []
     for name in configs or ["train"]:
         path = Path(name)
@@ -276,9 +276,7 @@ def _phantom(args: argparse.Namespace) -> None:
             "generic",
             output,
             seed=args.seed,
-            mask_mode="labels" if args.label_mode != "lesion" else "binary",
-            num_classes=3 if args.label_mode != "lesion" else None,
-            progress=True,
+            progress=True,  # mask mode and label count come from the phantom's dataset.json
         )
         print(f"datalist written to {output}")
 

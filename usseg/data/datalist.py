@@ -29,7 +29,6 @@ the first-level sub-folder, else the single class ``"unknown"``.
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 import os
 import re
@@ -42,7 +41,7 @@ from typing import Any
 import numpy as np
 
 from usseg import __version__
-from usseg.data.io import atomic_save_image, atomic_write_json
+from usseg.data.io import atomic_save_image, atomic_write_json, file_digest
 from usseg.data.splits import SPLIT_NAMES, check_split_request, deduplicate, pixel_hash, split_items
 from usseg.errors import DatalistError, InputError
 
@@ -745,11 +744,7 @@ def _content_hash(candidate: _Candidate) -> str:
         from usseg.data.readers import read_image_array
 
         return pixel_hash(read_image_array(candidate.item["image"], color="rgb"))
-    digest = hashlib.sha1(usedforsecurity=False)
-    with open(candidate.item["video"], "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return "file:" + digest.hexdigest()
+    return "file:" + file_digest(candidate.item["video"], "sha1")
 
 
 def _check_masks(

@@ -10,6 +10,7 @@ never a truncated one.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import tempfile
@@ -17,7 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
-__all__ = ["atomic_write", "atomic_write_json", "atomic_save_image", "ensure_writable_dir"]
+__all__ = ["atomic_write", "atomic_write_json", "atomic_save_image", "ensure_writable_dir", "file_digest"]
 
 
 @contextlib.contextmanager
@@ -87,6 +88,15 @@ def ensure_writable_dir(folder: str | os.PathLike) -> Path:
     if not os.access(folder, os.W_OK | os.X_OK):
         raise PermissionError(f"{folder}: the output folder is not writable.")
     return folder
+
+
+def file_digest(path: str | os.PathLike, algorithm: str = "sha256") -> str:
+    """Hex digest of a file's bytes, read in 1 MiB blocks (weights and videos can be large)."""
+    digest = hashlib.new(algorithm, usedforsecurity=False)
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def _fsync_dir(folder: Path) -> None:

@@ -25,10 +25,13 @@ logger = logging.getLogger(__name__)
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
 
-def _settings_match(datalist_path: Path, settings: dict[str, Any]) -> bool:
+def _records(path: Path, settings: dict[str, Any], *keys: str) -> bool:
+    """Whether the JSON file ``path`` (at ``keys`` inside it) holds ``settings``, compared as JSON values."""
     try:
-        recorded = json.loads(datalist_path.read_text()).get("metadata", {}).get("request")
-    except (OSError, json.JSONDecodeError):
+        recorded: Any = json.loads(path.read_text())
+        for key in keys:
+            recorded = recorded.get(key, {})
+    except (OSError, json.JSONDecodeError, AttributeError):
         return False
     return recorded == json.loads(json.dumps(settings))
 
@@ -74,7 +77,7 @@ def resolve_datalist(
 
         root = output_dir / "phantom"
         phantom_settings = dict(phantom or {})
-        if not _phantom_matches(root, phantom_settings):
+        if not _records(root / ".usseg_phantom.json", phantom_settings):
             logger.info("generating the phantom data set in %s", root)
             write_phantom_dataset(root, **phantom_settings)
             atomic_write_json(root / ".usseg_phantom.json", phantom_settings)
@@ -91,7 +94,7 @@ def resolve_datalist(
         "phantom": None if dataset_dir else dict(phantom or {}),
     }
     path = output_dir / "datalist.json"
-    if not _settings_match(path, settings):
+    if not _records(path, settings, "metadata", "request"):
         from usseg.data.datalist import build_datalist
 
         build_datalist(
@@ -109,14 +112,6 @@ def resolve_datalist(
         built.setdefault("metadata", {})["request"] = settings
         atomic_write_json(path, built)
     return str(path)
-
-
-def _phantom_matches(root: Path, settings: dict[str, Any]) -> bool:
-    marker = root / ".usseg_phantom.json"
-    try:
-        return json.loads(marker.read_text()) == json.loads(json.dumps(settings))
-    except (OSError, json.JSONDecodeError):
-        return False
 
 
 def inference_inputs(
