@@ -1,0 +1,20 @@
+# Copyright (c) usseg contributors. Licensed under the Apache License, Version 2.0.
+"""Networks and heads of the methods, plus the pretrained-encoder contract that connects the bundles."""
+
+from __future__ import annotations
+
+from usseg.networks.encoders import (
+    build_resnet_encoder,
+    encoder_feature_dim,
+    load_encoder_weights,
+    resnet_features,
+    save_encoder,
+)
+
+__all__ = [
+    "build_resnet_encoder",
+    "encoder_feature_dim",
+    "load_encoder_weights",
+    "resnet_features",
+    "save_encoder",
+]
