@@ -407,3 +407,120 @@ def test_cli_infer_exit_codes(weights: Path, tmp_path: Path, capsys: pytest.Capt
     assert str(bad) in capsys.readouterr().err
     saved = json.loads((tmp_path / "mixed" / REPORT_NAME).read_text())
     assert [f["input"] for f in saved["failed"]] == [str(bad)] and saved["num_succeeded"] == 1
+
+
+# ------------------------------------------------------------------------- the bundle's inference.yaml: same path
+
+
+def _bundle_inference(inputs: Path, out: Path, weights: Path, **overrides: object) -> None:
+    from monai.bundle import run as monai_run
+
+    configs = Path(bundle_root(BUNDLE)) / "configs"
+    monai_run(
+        config_file=str(configs / "inference.yaml"),
+        meta_file=str(configs / "metadata.json"),
+        logging_file=str(configs / "logging.conf"),
+        input_dir=str(inputs),
+        predictions_dir=str(out),
+        ckpt_path=str(weights),
+        progress=False,
+        **{"spatial_size": list(SIZE), **overrides},
+    )
+
+
+def test_bundle_inference_takes_dicom_cine_single_frame_video_and_png_like_usseg_infer(
+    weights: Path, tmp_path: Path
+) -> None:
+    inputs = tmp_path / "in"
+    (inputs / "cines").mkdir(parents=True)
+    shutil.copy(get_testdata_file(CINE), inputs / "cines" / CINE)
+    shutil.copy(get_testdata_file(RGB), inputs / RGB)
+    _write_mp4(inputs / "clip.mp4", num_frames=3)
+    png = _write_png(inputs / "scan.png")
+    bundle_out, cli_out = tmp_path / "bundle", tmp_path / "cli"
+    # 32 x 32 and no overlays (tested above): a 30-frame cine segmented twice stays fast
+    _bundle_inference(inputs, bundle_out, weights, spatial_size=[32, 32], formats=["nii.gz", "png", "json"])
+    assert main(["infer", str(inputs), "-o", str(cli_out), "--weights", str(weights), "--spatial-size", "32", "32",
+                 "--formats", "nii.gz", "png", "json", "--no-progress"]) == 0  # fmt: skip
+
+    report = json.loads((bundle_out / REPORT_NAME).read_text())
+    assert report["num_succeeded"] == 4 and report["num_failed"] == 0
+    frames = {Path(entry["input"]).name: entry["num_frames"] for entry in report["succeeded"]}
+    assert frames == {CINE: 30, RGB: 1, "clip.mp4": 3, "scan.png": 1}
+
+    # the cine keeps its subfolder, its frames along the last NIfTI axis and the spacing of its ultrasound regions
+    nifti = nib.load(bundle_out / "cines" / "examples_ybr_color_seg.nii.gz")
+    assert nifti.shape == (320, 240, 30)
+    np.testing.assert_allclose(np.diag(nifti.affine)[:2], _region_spacing_mm(get_testdata_file(CINE))[::-1])
+    assert len(list((bundle_out / "cines").glob("examples_ybr_color_f*_seg.png"))) == 30
+    assert _read_png(bundle_out / "clip_f0002_seg.png").shape == (48, 64)
+    assert _read_png(bundle_out / "scan_seg.png").shape == png.shape
+
+    # one code path: the bundle run and `usseg infer` write the same masks and the same per-frame figures
+    bundle_files = sorted(p.relative_to(bundle_out) for p in bundle_out.rglob("*") if p.is_file())
+    assert bundle_files == sorted(p.relative_to(cli_out) for p in cli_out.rglob("*") if p.is_file())
+    for relative in bundle_files:
+        if relative.suffix == ".png" or relative.name.endswith(".nii.gz"):
+            first, second = bundle_out / relative, cli_out / relative
+            assert first.read_bytes() == second.read_bytes(), relative
+        elif relative.name.endswith("_inference.json"):
+            bundle_record = json.loads((bundle_out / relative).read_text())
+            cli_record = json.loads((cli_out / relative).read_text())
+            assert bundle_record["frames"] == cli_record["frames"], relative
+
+
+def test_bundle_inference_uses_its_own_network_and_names_weights_that_do_not_fit(weights: Path, tmp_path: Path) -> None:
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    _write_png(inputs / "scan.png")
+    # the config's network, not a second copy built from the file: an override of network_def reaches the run
+    with pytest.raises(RuntimeError) as info:  # MONAI wraps what the component raised: look down the chain
+        _bundle_inference(inputs, tmp_path / "out", weights, **{"network_def#channels": [8, 16, 32, 64, 128]})
+    chain, error = [], info.value
+    while error is not None:
+        chain.append(error)
+        error = error.__cause__ or error.__context__
+    input_error = next(e for e in chain if isinstance(e, InputError))
+    assert str(weights) in str(input_error) and "does not fit the network" in str(input_error)
+
+
+def test_segmenter_with_a_given_network_matches_the_bundle_network(weights: Path, segmenter: Segmenter) -> None:
+    parser = ConfigParser()
+    parser.read_config(str(inference_config(bundle_root(BUNDLE))))
+    parser["bundle_root"] = bundle_root(BUNDLE)
+    network = parser.get_parsed_content("network_def")
+    given = Segmenter(BUNDLE, weights, spatial_size=SIZE, batch_size=4, network=network)
+    assert given._network is network
+    frames = np.stack([_gradient(50, 70, seed) for seed in range(3)])
+    np.testing.assert_allclose(given(frames), segmenter(frames), atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        pytest.param({"network": "unet"}, TypeError, "network must be a torch.nn.Module", id="network_not_module"),
+        pytest.param({"num_classes": 0}, ValueError, "num_classes must be an integer >= 1, got 0", id="classes_0"),
+    ],
+)
+def test_segmenter_network_arguments_are_validated(weights: Path, kwargs: dict, error: type, match: str) -> None:
+    with pytest.raises(error, match=match):
+        Segmenter(BUNDLE, weights, spatial_size=SIZE, **kwargs)
+
+
+def test_infer_refuses_a_segmenter_of_another_type(tmp_path: Path) -> None:
+    with pytest.raises(TypeError, match="segmenter must be a usseg.inference.Segmenter"):
+        infer(tmp_path, output_dir=tmp_path / "out", segmenter=object(), progress=False)
+
+
+def test_inference_sources(tmp_path: Path) -> None:
+    from usseg.data.prepare import inference_sources
+
+    scan = tmp_path / "scan.dcm"
+    shutil.copy(get_testdata_file(RGB), scan)
+    assert inference_sources(input_dir=scan) == [str(scan.resolve())]
+    assert inference_sources(input_dir=tmp_path) == [str(tmp_path.resolve())]
+    datalist = tmp_path / "datalist.json"
+    datalist.write_text(json.dumps({"test": [{"image": "a.png"}, {"image": "b.png"}]}))
+    assert inference_sources(datalist=datalist) == [str(tmp_path / "a.png"), str(tmp_path / "b.png")]
+    with pytest.raises(FileNotFoundError, match="missing"):
+        inference_sources(input_dir=tmp_path / "missing")

@@ -1,7 +1,8 @@
 # Copyright (c) usseg contributors. Licensed under the Apache License, Version 2.0.
 """Segment ultrasound files for research pipelines: images, NIfTI, DICOM (single frame and cine), videos, folders.
 
-:func:`infer` (``usseg infer``) turns every input into gray frames ``(F, H, W)`` uint8, segments them with a
+:func:`infer` (``usseg infer``, and the ``run`` of a bundle's ``inference.yaml``, which passes a :class:`Segmenter`
+built on the config's own ``network``) turns every input into gray frames ``(F, H, W)`` uint8, segments them with a
 bundle's network, and writes per input (``<stem>`` is the file name without its suffix):
 
 - ``<stem>_seg.nii.gz``: the label map(s), pixel spacing (mm) in the affine when the source has one (DICOM
@@ -238,6 +239,24 @@ def load_frames(path: PathLike) -> tuple[np.ndarray, dict[str, Any]]:
 # ------------------------------------------------------------------------------------------------------ network
 
 
+def _load_weights_into(network: torch.nn.Module, weights: Path, bundle_name: str) -> torch.nn.Module:
+    """Load a bare state dict (a bundle's ``model.pt``) into ``network``, naming the file on any mismatch."""
+    from collections.abc import Mapping
+
+    try:
+        state = torch.load(weights, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises pickle, zip and runtime errors alike for a file that is not a checkpoint
+        raise InputError(weights, f"cannot be loaded as a PyTorch checkpoint ({err}).") from err
+    if not isinstance(state, Mapping):
+        raise InputError(weights, f"must hold a state dict, got a {type(state).__name__}.")
+    try:
+        network.load_state_dict(state, strict=True)
+    except RuntimeError as err:  # the message lists missing and unexpected keys and mismatched shapes
+        detail = " ".join(str(err).split())
+        raise InputError(weights, f"does not fit the network of {bundle_name}: {detail[:500]}") from err
+    return network
+
+
 class Segmenter:
     """A bundle's segmentation network with its inference preprocessing, on the torch or the ONNX Runtime backend.
 
@@ -253,9 +272,14 @@ class Segmenter:
         batch_size: frames per forward pass.
         onnx_cache_dir: folder of the ONNX cache; default the weights' folder (the temporary folder when that one
             is not writable).
+        network: the network to run (torch backend), e.g. a bundle config's ``@network``: the weights are loaded into
+            it, so a config's overrides of ``network_def`` apply. Default: the bundle's ``network_def``. The onnx
+            backend always exports the bundle's ``network_def``.
+        num_classes: the number of output classes; default the bundle's ``num_classes``.
 
     Raises:
-        ValueError: an unknown backend, a bad ``spatial_size`` or ``batch_size``.
+        ValueError: an unknown backend, a bad ``spatial_size``, ``batch_size`` or ``num_classes``.
+        TypeError: ``network`` is not a ``torch.nn.Module``.
         FileNotFoundError: no weights found, or the bundle does not exist.
         InputError: the weights do not fit the network.
         ImportError: ``backend="onnx"`` without onnx, onnxscript or onnxruntime (``pip install usseg[export]``).
@@ -270,6 +294,8 @@ class Segmenter:
         spatial_size: Sequence[int] | None = None,
         batch_size: int = 8,
         onnx_cache_dir: PathLike | None = None,
+        network: torch.nn.Module | None = None,
+        num_classes: int | None = None,
     ) -> None:
         from monai.bundle import ConfigParser
 
@@ -280,6 +306,12 @@ class Segmenter:
             raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}.")
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}.")
+        if network is not None and not isinstance(network, torch.nn.Module):
+            raise TypeError(f"network must be a torch.nn.Module, got {type(network).__name__}.")
+        if num_classes is not None and (isinstance(num_classes, bool) or not isinstance(num_classes, int)):
+            raise ValueError(f"num_classes must be an integer >= 1, got {num_classes!r}.")
+        if num_classes is not None and num_classes < 1:
+            raise ValueError(f"num_classes must be an integer >= 1, got {num_classes!r}.")
         self.bundle_dir = resolve_bundle(bundle)
         self.name = self.bundle_dir.name
         parser = ConfigParser()
@@ -293,7 +325,7 @@ class Segmenter:
         ):
             raise ValueError(f"spatial_size must be two positive integers (H, W), got {size!r}.")
         self.spatial_size: tuple[int, int] = (int(size[0]), int(size[1]))
-        self.num_classes = int(parser.get_parsed_content("num_classes"))
+        self.num_classes = int(parser.get_parsed_content("num_classes") if num_classes is None else num_classes)
         self.resize_mode = self._resize_mode(parser)
         meta = json.loads((self.bundle_dir / "configs" / "metadata.json").read_text(encoding="utf-8"))
         self.version = str(meta.get("version", "0"))
@@ -310,8 +342,11 @@ class Segmenter:
         self.weights = found.resolve()
         self.backend, self.batch_size = backend, batch_size
         self.device = resolve_device(device) if backend == "torch" else torch.device("cpu")
-        # loading also checks the weights fit network_def, before any export or input is touched
-        self._network = load_network(self.bundle_dir, self.weights, self.device)
+        # loading also checks the weights fit the network, before any export or input is touched
+        if network is not None and backend == "torch":
+            self._network = _load_weights_into(network, self.weights, self.name).to(self.device).eval()
+        else:
+            self._network = load_network(self.bundle_dir, self.weights, self.device)
         self.onnx_file: Path | None = None
         self._session: Any = None
         if backend == "onnx":
@@ -579,6 +614,7 @@ def infer(
     progress: bool = True,
     spatial_size: Sequence[int] | None = None,
     batch_size: int = 8,
+    segmenter: Segmenter | None = None,
 ) -> InferenceReport:
     """Segment files and folders with a bundle's network and write masks, overlays, NIfTI, JSON and DICOM SEG.
 
@@ -597,12 +633,16 @@ def infer(
         progress: show a progress bar over the files.
         spatial_size: network input size; default the bundle's.
         batch_size: frames per forward pass.
+        segmenter: a ready :class:`Segmenter` (a bundle's ``inference.yaml`` builds one from its own ``network``);
+            when given, ``bundle``, ``weights``, ``backend``, ``device``, ``spatial_size`` and ``batch_size`` are
+            not used.
 
     Returns:
         An :class:`InferenceReport`; the same content is in ``<output_dir>/inference_report.json``.
 
     Raises:
         ValueError: unknown ``formats`` or ``backend``, bad ``spatial_size`` / ``batch_size``.
+        TypeError: ``segmenter`` is not a :class:`Segmenter`.
         ImportError: ``dicom_seg`` without highdicom, or the onnx backend without ONNX Runtime.
         FileNotFoundError: no weights or no such bundle.
         PermissionError: ``output_dir`` is not writable.
@@ -617,7 +657,10 @@ def infer(
     if dicom_seg and importlib.util.find_spec("highdicom") is None:  # fail before any work, not at the first DICOM
         raise ImportError("dicom_seg=True needs highdicom; install it with `pip install usseg[dicom]`.")
     output_dir = ensure_writable_dir(output_dir)
-    segmenter = Segmenter(bundle, weights, backend, device, spatial_size, batch_size)
+    if segmenter is None:
+        segmenter = Segmenter(bundle, weights, backend, device, spatial_size, batch_size)
+    elif not isinstance(segmenter, Segmenter):
+        raise TypeError(f"segmenter must be a usseg.inference.Segmenter, got {type(segmenter).__name__}.")
     files, skipped, failed = collect_inputs(inputs)
     report = InferenceReport(
         output_dir=output_dir,

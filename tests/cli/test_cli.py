@@ -331,3 +331,64 @@ def test_installed_console_script_help_and_bundles(tmp_path: Path) -> None:
 )
 def test_resume_is_a_flag(tokens: list[str], expected: dict) -> None:
     assert parse_overrides(tokens) == expected
+
+
+# ------------------------------------------------------------------------------------------- --tracking mlflow
+
+
+def test_tracking_mlflow_without_mlflow_names_the_extra(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from usseg.handlers import tracking
+
+    monkeypatch.setattr(tracking, "mlflow_available", lambda: False)  # as in an install without the extra
+    monkeypatch.setattr(monai.bundle, "run", lambda **kwargs: pytest.fail("MONAI must not be called"))
+    with pytest.raises(SystemExit) as info:
+        main(["run", SHIPPED, "--tracking", "mlflow", "--max_epochs", "1"])
+    assert info.value.code == 2
+    error = capsys.readouterr().err
+    assert "--tracking mlflow needs MLflow" in error and "pip install 'usseg[tracking]'" in error
+
+
+def test_tracking_mlflow_passes_usseg_settings_and_accepts_tracking_keys(monkeypatch: pytest.MonkeyPatch) -> None:
+    from usseg.handlers import tracking
+
+    received: dict = {}
+    monkeypatch.setattr(tracking, "mlflow_available", lambda: True)
+    monkeypatch.setattr(monai.bundle, "run", lambda **kwargs: received.update(kwargs))
+    argv = ["run", SHIPPED, "--tracking", "mlflow", "--experiment_name", "study", "--run_name", "seed0"]
+    assert main(argv) == 0
+    settings = received["tracking"]
+    assert settings == tracking.mlflow_settings(experiment_name=SHIPPED)
+    assert received["experiment_name"] == "study" and received["run_name"] == "seed0"
+
+
+def test_tracking_keys_without_tracking_are_still_unknown(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(monai.bundle, "run", lambda **kwargs: pytest.fail("MONAI must not be called"))
+    with pytest.raises(SystemExit) as info:
+        main(["run", SHIPPED, "--experiment_name", "study"])
+    assert info.value.code == 2
+
+
+def test_tracking_settings_file_is_passed_through(tmp_path: Path) -> None:
+    from usseg.cli.main import tracking_settings
+
+    settings_file = tmp_path / "tracking.json"
+    assert tracking_settings(str(settings_file), SHIPPED) == str(settings_file)
+
+
+def test_tracking_mlflow_trains_offline_with_every_loss_component(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    mlflow = pytest.importorskip("mlflow")
+    monkeypatch.chdir(tmp_path)
+    argv = ["run", SHIPPED, "--tracking", "mlflow", "--max_epochs", "1", "--iterations_per_epoch", "2"]
+    argv += ["--batch_size", "2", "--num_phantom_images", "16", "--phantom_size", "64", "--spatial_size", "[32,32]"]
+    assert main(argv) == 0
+    output_dir = tmp_path / "outputs" / SHIPPED
+    assert (output_dir / "mlruns.db").is_file()  # a local store: no server, no network
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{output_dir / 'mlruns.db'}")
+    experiment = client.get_experiment_by_name(SHIPPED)
+    runs = client.search_runs([experiment.experiment_id])
+    metrics = {key for run in runs for key in run.data.metrics}
+    assert {"loss", "val_mean_dice"} <= metrics

@@ -241,8 +241,15 @@ def test_bundle_only_rank0_writes_files_and_logs(bundle_run):
         "models/model_final.pt",
         "checkpoints/checkpoint_epoch0001.pt",
         "checkpoints/checkpoint_epoch0002.pt",
+        "models/resolved_config.json",
+        "models/run_record.json",
     }
-    assert {str(p.relative_to(rank0_dir)) for p in rank0_dir.rglob("*") if p.is_file()} == expected
+    written = {str(p.relative_to(rank0_dir)) for p in rank0_dir.rglob("*") if p.is_file()}
+    event_files = {name for name in written if name.startswith("tensorboard/events.out.tfevents.")}
+    assert len(event_files) == 1, written  # one TensorBoard event file, from rank 0 only
+    assert written - event_files == expected
+    record = json.loads((rank0_dir / "models" / "run_record.json").read_text())
+    assert [run["world_size"] for run in record["runs"]] == [2]
     history = json.loads((rank0_dir / "history.json").read_text())
     assert history["epoch"]["epoch"] == list(range(1, EPOCHS + 1))
     # the validation StatsHandler logs once per epoch: rank 1's is disabled through `is_not_rank0`

@@ -13,7 +13,7 @@ import difflib
 import json
 import os
 import sys
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +21,16 @@ import yaml
 
 from usseg.errors import InputError
 
-__all__ = ["main", "build_parser", "parse_overrides", "bundle_config_files", "check_override_keys", "RUNNER_OPTIONS"]
+__all__ = [
+    "main",
+    "build_parser",
+    "parse_overrides",
+    "bundle_config_files",
+    "check_override_keys",
+    "tracking_settings",
+    "RUNNER_OPTIONS",
+    "TRACKING_KEYS",
+]
 
 LAYOUTS = ("busi", "generic", "dicom", "video")
 FLAGS = frozenset({"resume"})  # boolean config keys that `usseg run` accepts without a value
@@ -31,6 +40,8 @@ RUNNER_OPTIONS: frozenset[str] = frozenset(
     {"run_id", "init_id", "final_id", "tracking", "args_file", "workflow_name", "workflow_type", "properties_path"}
 )
 """Keys ``usseg run`` forwards to ``monai.bundle.run`` as runner arguments, not as config overrides."""
+TRACKING_KEYS: frozenset[str] = frozenset({"tracking_uri", "experiment_name", "run_name", "save_execute_config"})
+"""Config keys that ``--tracking`` settings add, so ``usseg run`` accepts them as overrides when tracking is on."""
 # usseg run sets these itself from the bundle; passing them again would reach MONAI twice
 _SET_BY_USSEG = ("config_file", "meta_file", "logging_file")
 # MONAI's component keys: any dict with a _target_ accepts them even when the config file does not spell them out
@@ -120,7 +131,10 @@ def build_parser() -> argparse.ArgumentParser:
         "silently add a misspelt key (--max_epoch 2) and train with the default, so an unknown key is an error that "
         "names the closest existing keys. Prefix a key with + to add it on purpose (--+my_key 1); on an existing "
         "dict or list, + merges or appends as in MONAI config files (--+imports \"['$import numpy']\"). Runner "
-        f"options ({', '.join(sorted(RUNNER_OPTIONS))}) are passed through unchecked.",
+        f"options ({', '.join(sorted(RUNNER_OPTIONS))}) are passed through unchecked. --tracking mlflow logs every "
+        "loss component, the validation metrics and the executed config to a local MLflow store "
+        "(OUTPUT_DIR/mlruns.db, no server; needs `pip install 'usseg[tracking]'`); with it, "
+        f"{', '.join(sorted(TRACKING_KEYS))} may be overridden too.",
     )
     run.add_argument("bundle", help="[REQUIRED] bundle name (see `usseg bundles`) or a bundle folder")
     run.add_argument("configs", nargs="*", default=["train"], help="config names or files (default: train)")
@@ -384,6 +398,7 @@ def check_override_keys(
     config_files: Sequence[str | os.PathLike],
     overrides: Mapping[str, Any],
     meta_file: str | os.PathLike | None = None,
+    extra_keys: Collection[str] = (),
 ) -> dict[str, Any]:
     """Check command-line override keys against the merged configs, before MONAI's runner sees them.
 
@@ -399,6 +414,7 @@ def check_override_keys(
         overrides: ``{key: value}`` as from :func:`parse_overrides`.
         meta_file: the bundle's ``metadata.json``, whose content MONAI places under ``_meta_``; skipped when None
             or missing.
+        extra_keys: further keys accepted although the files lack them (those ``--tracking`` settings add).
 
     Returns:
         The overrides to hand to ``monai.bundle.run``: ``+`` removed from the keys and merged values in place.
@@ -433,7 +449,7 @@ def check_override_keys(
             continue
         parent, _, last = config_id.rpartition("#")
         is_component_key = bool(parent) and last in _COMPONENT_KEYS and isinstance(parser.get(parent), dict)
-        if key in RUNNER_OPTIONS or config_id in parser or is_component_key:
+        if key in RUNNER_OPTIONS or key in extra_keys or config_id in parser or is_component_key:
             checked[key] = value
             continue
         ids = list(_config_ids(parser.get())) if ids is None else ids
@@ -449,12 +465,40 @@ def check_override_keys(
     return checked
 
 
+def tracking_settings(tracking: Any, bundle_name: str) -> Any:
+    """The ``tracking`` argument for ``monai.bundle.run``: usseg's MLflow settings for ``"mlflow"``, else as given.
+
+    Args:
+        tracking: the ``--tracking`` value: ``"mlflow"``, a settings file, or a settings dict.
+        bundle_name: names the MLflow experiment.
+
+    Returns:
+        :func:`usseg.handlers.tracking.mlflow_settings` for ``"mlflow"`` (every loss component logged), else
+        ``tracking`` unchanged (MONAI reads a settings file itself).
+
+    Raises:
+        ImportError: ``"mlflow"`` while MLflow is not installed (the message names the ``tracking`` extra).
+    """
+    from usseg.handlers.tracking import MLFLOW_EXTRA_HINT, mlflow_available, mlflow_settings
+
+    if tracking != "mlflow":
+        return tracking
+    if not mlflow_available():
+        raise ImportError(f"--tracking mlflow needs MLflow, which is not installed; {MLFLOW_EXTRA_HINT}.")
+    return mlflow_settings(experiment_name=bundle_name)
+
+
 def _run(args: argparse.Namespace, overrides: dict[str, Any]) -> None:
     from monai.bundle import run as monai_run
 
     root, files = bundle_config_files(args.bundle, args.configs)
     meta_file = root / "configs" / "metadata.json"
-    overrides = check_override_keys(files, overrides, meta_file=meta_file)
+    tracking_on = overrides.get("tracking") is not None
+    overrides = check_override_keys(
+        files, overrides, meta_file=meta_file, extra_keys=TRACKING_KEYS if tracking_on else ()
+    )
+    if tracking_on:
+        overrides["tracking"] = tracking_settings(overrides["tracking"], root.name)
     monai_run(
         config_file=files,
         meta_file=str(meta_file),
@@ -484,7 +528,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "infer": _infer,
             }
             commands[args.command](args)
-    except (OSError, ValueError) as err:  # bad input, unwritable or full output folder: one clear line
+    except (OSError, ValueError, ImportError) as err:  # bad input, unwritable folder, missing extra: one clear line
         parser.exit(2, f"usseg {args.command}: error: {err}\n")
     return 0
 

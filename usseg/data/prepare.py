@@ -18,7 +18,7 @@ from typing import Any
 from usseg.data.io import atomic_write_json
 from usseg.errors import DatalistError
 
-__all__ = ["resolve_datalist", "inference_inputs", "IMAGE_SUFFIXES"]
+__all__ = ["resolve_datalist", "inference_inputs", "inference_sources", "IMAGE_SUFFIXES"]
 
 logger = logging.getLogger(__name__)
 
@@ -137,3 +137,34 @@ def inference_inputs(
 
         return [{"image": item["image"]} for item in load_datalist(datalist, split)]
     raise DatalistError(None, "inference needs an input_dir or a datalist.")
+
+
+def inference_sources(
+    input_dir: str | os.PathLike | None = None,
+    datalist: str | os.PathLike | None = None,
+    split: str = "test",
+) -> list[str]:
+    """What a bundle's ``inference.yaml`` hands to :func:`usseg.inference.infer`, the code path of ``usseg infer``.
+
+    ``input_dir`` is passed on as it is, so ``infer`` walks a folder itself: every image, NIfTI, DICOM (single frame
+    or cine, with or without a suffix) and video file, outputs in the same subfolders, unsupported files listed as
+    skipped. Without it, the images of a datalist split.
+
+    Args:
+        input_dir: a file or a folder to segment; takes precedence over ``datalist``.
+        datalist: a datalist JSON (used when ``input_dir`` is None).
+        split: the datalist split.
+
+    Returns:
+        Absolute paths: ``[input_dir]`` or the split's images.
+
+    Raises:
+        FileNotFoundError: ``input_dir`` does not exist.
+        DatalistError: neither is given, or the split is missing or empty.
+    """
+    if input_dir:
+        path = Path(input_dir).expanduser().resolve()
+        if not path.exists():
+            raise FileNotFoundError(f"{path}: input file or folder not found.")
+        return [str(path)]
+    return [item["image"] for item in inference_inputs(datalist=datalist, split=split)]

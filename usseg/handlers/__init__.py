@@ -9,7 +9,9 @@ from __future__ import annotations
 
 from usseg.handlers.checkpoint import BestMetricState, EpochSeedHandler, TrainingCheckpointHandler
 from usseg.handlers.report import SegmentationReportHandler, TrainingHistoryHandler
+from usseg.handlers.run_record import RunRecordHandler
 from usseg.handlers.schedules import RampUpHandler, cosine_rampup, linear_rampup, sigmoid_rampup
+from usseg.handlers.tracking import ScalarEventWriter, loss_components
 
 __all__ = [
     "BestMetricState",
@@ -18,6 +20,9 @@ __all__ = [
     "RampUpHandler",
     "SegmentationReportHandler",
     "TrainingHistoryHandler",
+    "RunRecordHandler",
+    "ScalarEventWriter",
+    "loss_components",
     "cosine_rampup",
     "linear_rampup",
     "sigmoid_rampup",
