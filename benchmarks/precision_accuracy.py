@@ -76,7 +76,7 @@ def run_bundle(datalist: Path | None, output_dir: Path, precision: str, channels
         "--precision",
         precision,
         "--channels_last",
-        str(channels_last).lower(),
+        str(channels_last),  # True/False: monai.bundle keeps a lowercase 'false' as a string
         "--seed",
         str(args.seed),
         "--max_epochs",

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 
-__all__ = ["InputError", "DatalistError"]
+__all__ = ["InputError", "DatalistError", "require_bool"]
 
 
 class InputError(ValueError):
@@ -30,3 +30,20 @@ class InputError(ValueError):
 
 class DatalistError(InputError):
     """A datalist or split request cannot be satisfied (empty split, too many labels asked for...)."""
+
+
+def require_bool(**flags: object) -> None:
+    """Refuse switches that are not real booleans.
+
+    ``python -m monai.bundle run --flag false`` passes the *string* ``"false"`` (only ``False`` becomes a bool), and a
+    non-empty string is truthy: without this check such a run silently does the opposite of what was asked.
+
+    Raises:
+        TypeError: naming the first flag that is not a ``bool``.
+    """
+    for name, value in flags.items():
+        if not isinstance(value, bool):
+            raise TypeError(
+                f"{name} must be True or False, got {value!r} ({type(value).__name__}); on the monai.bundle command "
+                "line write True/False (a lowercase 'false' stays a string)."
+            )

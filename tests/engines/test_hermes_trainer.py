@@ -172,7 +172,7 @@ def test_invalid_arguments(kwargs: dict, fragment: str) -> None:
 
 
 def test_a_string_flag_is_refused() -> None:
-    with pytest.raises(TypeError, match="supervised_only must be a bool, got 'false'"):
+    with pytest.raises(TypeError, match="supervised_only must be True or False, got 'false'"):
         one_step(supervised_only="false")
 
 

@@ -210,3 +210,19 @@ def test_ignite_ema_model_serves_as_the_teacher():
     teacher_weight, student_weight = ema.ema_model[0].weight, net[0].weight
     assert not torch.equal(teacher_weight, student_weight)  # the teacher lags the student
     assert teacher_weight.grad is None  # and is never trained directly
+
+
+@pytest.mark.parametrize("flag", ["false", "False", 0, None], ids=["lowercase-string", "string", "int", "none"])
+def test_switches_that_are_not_bools_are_refused_not_read_as_truthy(flag):
+    # `python -m monai.bundle run --channels_last false` hands the trainer the string "false"
+    network = torch.nn.Conv2d(1, 2, 1)
+    with pytest.raises(TypeError, match="channels_last must be True or False"):
+        SupervisedTrainer(
+            device="cpu",
+            max_epochs=1,
+            train_data_loader=[],
+            network=network,
+            optimizer=torch.optim.SGD(network.parameters(), lr=0.1),
+            loss_function=torch.nn.MSELoss(),
+            channels_last=flag,
+        )

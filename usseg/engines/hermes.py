@@ -47,6 +47,7 @@ from torch import nn
 
 from usseg.engines.pseudo_label import DualThreshold
 from usseg.engines.trainers import SemiSupervisedTrainer, _plain, _unpack_batch
+from usseg.errors import require_bool
 from usseg.losses.hermes import HermesSegmentationLoss, InterTaskConsistencyLoss, MaskedSoftDiceLoss
 from usseg.losses.pixel_contrast import PixelContrastLoss, pixel_contrast_labels
 from usseg.losses.supcon import SupConLoss
@@ -168,9 +169,7 @@ class HermesTrainer(SemiSupervisedTrainer):
             "compat_itc_ramp": compat_itc_ramp,
             "compat_pixel_contrast_int_mask": compat_pixel_contrast_int_mask,
         }
-        for name, value in flags.items():
-            if not isinstance(value, bool):  # a CLI "false" arrives as a (truthy) string
-                raise TypeError(f"{name} must be a bool, got {value!r} ({type(value).__name__}).")
+        require_bool(**flags)
         if itc_gradient not in ITC_GRADIENTS:
             raise ValueError(f"itc_gradient must be one of {ITC_GRADIENTS}, got {itc_gradient!r}.")
         if ias_views not in IAS_VIEWS:

@@ -30,7 +30,7 @@ from torch import nn
 from usseg.engines.prepare_batch import PrepareWeakStrongBatch
 from usseg.engines.pseudo_label import ConfidenceThreshold
 from usseg.engines.utils import autocast, needs_grad_scaler, resolve_device, to_channels_last
-from usseg.errors import DatalistError
+from usseg.errors import DatalistError, require_bool
 from usseg.losses.consistency import MaskedCrossEntropyLoss
 
 __all__ = ["SupervisedTrainer", "SemiSupervisedTrainer"]
@@ -97,6 +97,7 @@ class SupervisedTrainer(MonaiSupervisedTrainer):
         # set before MONAI's constructor, which attaches the handlers that read it (RampUpHandler)
         self.loss_weights: dict[str, float] = {k: float(v) for k, v in (loss_weights or {}).items()}
         scaler_needed = needs_grad_scaler(device, precision)  # validates precision against the device
+        require_bool(channels_last=channels_last)
         if channels_last:
             network = network.to(memory_format=torch.channels_last)
         super().__init__(

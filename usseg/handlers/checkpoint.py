@@ -35,6 +35,7 @@ from ignite.engine import Engine, Events
 from monai.utils import set_determinism
 
 from usseg.data.io import atomic_write, ensure_writable_dir
+from usseg.errors import require_bool
 
 __all__ = [
     "epoch_seed",
@@ -223,7 +224,8 @@ class TrainingCheckpointHandler:
                 )
         self.save_dir = Path(save_dir)
         self.save_dict = dict(save_dict)
-        self.seed, self.resume, self.interval, self.n_saved = int(seed), bool(resume), int(interval), int(n_saved)
+        require_bool(resume=resume)
+        self.seed, self.resume, self.interval, self.n_saved = int(seed), resume, int(interval), int(n_saved)
         self.resumed_from: Path | None = None
 
     # -- before training: can we write at all? ------------------------------------------------------------------

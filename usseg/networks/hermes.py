@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from monai.networks.nets import ResNet
 from torch import nn
 
+from usseg.errors import require_bool
 from usseg.networks.encoders import build_resnet_encoder, load_encoder_weights
 
 __all__ = [
@@ -72,12 +73,6 @@ def _check_positive(**values: int) -> None:
     for name, value in values.items():
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise ValueError(f"{name} must be a positive integer, got {value!r}.")
-
-
-def _check_bool(**flags: object) -> None:
-    for name, value in flags.items():
-        if not isinstance(value, bool):  # a command-line "false" arrives as a (truthy) string
-            raise TypeError(f"{name} must be a bool, got {value!r} ({type(value).__name__}).")
 
 
 def _upsample_to(x: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
@@ -249,7 +244,7 @@ class HermesSegmentationNet(nn.Module):
         self.up1 = ConvBlock(c1, c1, c0, dropout)
         self.dec0 = ConvBlock(2 * c0, c0, c0, dropout)
         self.head = nn.Conv2d(c0, num_classes, 1)
-        _check_bool(saliency=saliency)
+        require_bool(saliency=saliency)
         self.saliency_enabled = saliency
         self.saliency_fuse = ConvBlock(c1 + in_channels + 1, c1, c1, dropout) if saliency else None
         self.embedding_head = nn.Sequential(
@@ -378,7 +373,7 @@ class HermesClassificationNet(nn.Module):
             nn.BatchNorm1d(consistency_dim),
             nn.ReLU(),
         )
-        _check_bool(ias=ias)
+        require_bool(ias=ias)
         self.ias_enabled = ias
         if ias and (seg_channels is None or len(seg_channels) != 4):
             raise ValueError(f"ias=True needs the four segmentation channel counts, got seg_channels={seg_channels!r}.")
@@ -490,7 +485,7 @@ class HermesInferenceModel(nn.Module):
             raise TypeError(f"segmentation must be a HermesSegmentationNet, got {type(segmentation).__name__}.")
         if not isinstance(classification, HermesClassificationNet):
             raise TypeError(f"classification must be a HermesClassificationNet, got {type(classification).__name__}.")
-        _check_bool(ias_at_eval=ias_at_eval)
+        require_bool(ias_at_eval=ias_at_eval)
         if ias_at_eval and not classification.ias_enabled:
             raise ValueError("ias_at_eval=True needs a classification network built with ias=True.")
         self.segmentation = segmentation
