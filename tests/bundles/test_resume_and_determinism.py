@@ -91,7 +91,7 @@ def _kill_after_checkpoint(workdir: Path, epoch: int) -> None:
 
 def test_sigkill_mid_run_then_resume_ends_bitwise_equal(uninterrupted, tmp_path):
     _kill_after_checkpoint(tmp_path, epoch=2)
-    log = _train(tmp_path, "--resume", "true")
+    log = _train(tmp_path, "--resume", "True")
     assert "resume: continuing after epoch" in log
     _assert_bitwise_equal(_final_weights(uninterrupted), _final_weights(tmp_path))
     assert _validation_curve(tmp_path) == _validation_curve(uninterrupted)
@@ -112,7 +112,7 @@ def test_corrupt_newest_checkpoint_falls_back_to_the_previous_one(uninterrupted,
     checkpoints = sorted((tmp_path / OUT / "checkpoints").glob("checkpoint_epoch*.pt"))
     newest = checkpoints[-1]
     newest.write_bytes(newest.read_bytes()[: newest.stat().st_size // 2])  # a write cut short
-    log = _train(tmp_path, "--resume", "true")
+    log = _train(tmp_path, "--resume", "True")
     assert f"{newest.name}, which cannot be loaded" in log
     assert f"resume: continuing after epoch {int(checkpoints[-2].stem[-4:])}" in log
     _assert_bitwise_equal(_final_weights(uninterrupted), _final_weights(tmp_path))
