@@ -45,7 +45,18 @@ from usseg.data.io import atomic_save_image, atomic_write_json, file_digest
 from usseg.data.splits import SPLIT_NAMES, check_split_request, deduplicate, pixel_hash, split_items
 from usseg.errors import DatalistError, InputError
 
-__all__ = ["PATH_KEYS", "LAYOUTS", "VIDEO_SUFFIXES", "IMAGE_SUFFIXES", "build_datalist", "load_datalist"]
+__all__ = [
+    "PATH_KEYS",
+    "LAYOUTS",
+    "VIDEO_SUFFIXES",
+    "IMAGE_SUFFIXES",
+    "VIDEO_PRETRAINING_SPLITS",
+    "build_datalist",
+    "load_datalist",
+    "build_video_pretraining_datalist",
+    "resolve_video_pretraining_datalist",
+    "assign_video_folds",
+]
 
 PATH_KEYS: tuple[str, ...] = ("image", "label", "image_m2", "video")
 """Item keys that hold file paths: relative in the JSON file, absolute after :func:`load_datalist`."""
@@ -889,3 +900,330 @@ def _bar(items: Sequence[Any], progress: bool, description: str) -> Iterable[Any
     from tqdm.auto import tqdm
 
     return tqdm(items, desc=description, unit="file")
+
+
+# ---------------------------------------------------------------------------------------- video pre-training
+
+VIDEO_PRETRAINING_SPLITS: tuple[str, ...] = ("train", "validation", "meta")
+"""Splits of a video pre-training datalist (:func:`build_video_pretraining_datalist`)."""
+
+
+def _frame_folders(root: Path) -> list[Path]:
+    """Folders below ``root`` (or ``root`` itself) holding at least two frame images and no sub-folder.
+
+    The ``images/``, ``masks/`` and ``images_m2/`` folders of a generic-layout data set (next to its
+    ``dataset.json``) hold independent images, not frames, and are skipped.
+    """
+    found = []
+    for folder, dirs, files in os.walk(root):
+        if "dataset.json" in files:
+            dirs[:] = [d for d in dirs if d not in ("images", "masks", "images_m2")]
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        images = [name for name in files if Path(name).suffix.lower() in IMAGE_SUFFIXES and not name.startswith(".")]
+        if not dirs and len(images) >= 2:
+            found.append(Path(folder))
+    return sorted(found)
+
+
+def _video_sources(
+    source: Path, patterns: dict[str, re.Pattern[str]] | None, skipped: list[dict[str, str]]
+) -> list[dict[str, Any]]:
+    """Items ``{"video", "class_name", "case_id", "source", "num_frames"[, "patient_id"]}`` found at ``source``."""
+    if source.is_file():
+        if source.suffix.lower() in VIDEO_SUFFIXES:
+            num_frames, patient = _video_frame_count(source), ""
+        elif _is_dicom(source):
+            num_frames, patient = _dicom_header(source)
+        else:
+            raise InputError(source, "is neither a video file nor a DICOM cine.")
+        name = _match_class(source, patterns) if patterns else _UNKNOWN_CLASS
+        if name is None:
+            skipped.append({"path": str(source), "reason": "no class_from pattern matches the file name"})
+            return []
+        item = {"video": str(source), "class_name": name, "case_id": source.stem, "source": source.parent.name}
+        return [item | {"num_frames": num_frames} | ({"patient_id": patient} if patient else {})]
+    if not source.is_dir():
+        raise InputError(source, "not found; pass a video, a DICOM cine, or a folder of them.")
+    collection = _collect_video(source, patterns=patterns, require_masks=False, progress=False)
+    items = [candidate.item for candidate in collection.candidates]
+    skipped.extend(record for record in collection.skipped if Path(record["path"]).suffix.lower() not in IMAGE_SUFFIXES)
+    table = _read_classes_csv(source / "classes.csv")
+    for folder in _frame_folders(source):
+        base = source if folder != source else source.parent
+        name, patient = _class_from_table_or_default(folder, base, patterns, table, source / "classes.csv")
+        if name is None:
+            skipped.append({"path": str(folder), "reason": "no class_from pattern matches the folder name"})
+            continue
+        frames = [p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")]
+        case_id = folder.relative_to(source).as_posix() if folder != source else folder.name
+        item = {"video": str(folder), "class_name": name, "case_id": case_id, "source": source.name}
+        items.append(item | {"num_frames": len(frames)} | ({"patient_id": patient} if patient else {}))
+    return items
+
+
+def build_video_pretraining_datalist(
+    sources: Sequence[str | os.PathLike],
+    output: str | os.PathLike,
+    *,
+    seed: int = 0,
+    val_fraction: float = 0.2,
+    meta_fraction: float = 0.1,
+    label_rate: float = 0.0,
+    include_classes: Sequence[str] | None = None,
+    class_from: Mapping[str, str] | None = None,
+    min_frames: int = 1,
+    patient_of: Mapping[str, str] | None = None,
+) -> dict[str, Any]:
+    """Write a contrastive pre-training datalist: ``train``, ``validation`` and a held-out ``meta`` list of videos.
+
+    Sources are video files (any PyAV format of :data:`VIDEO_SUFFIXES`), multi-frame DICOM cines, folders of frame
+    images (one folder per video, frames sorted naturally by file name), or folders holding any of these. Videos are
+    split by patient when ``patient_id`` is known (``classes.csv`` or the DICOM header), else by video, so no video
+    (or patient) is in two lists; in particular the meta list, from which Meta-USCL's meta batches are drawn, never
+    shares a video with the training list (``methods.md`` section 2.4, item 9).
+
+    Each item has ``video``, ``case_id``, ``source``, ``num_frames``, ``class_name`` (``"unknown"`` without class
+    information), ``class`` and ``labeled``. ``class`` is the index into ``class_names`` for the ``label_rate`` share
+    of training videos drawn as labeled (USCL's semi-supervised cross-entropy), and ``-1`` for every other video;
+    validation and meta videos are never labeled.
+
+    Args:
+        sources: files and folders to collect videos from.
+        output: the datalist JSON to write (paths stored relative to its folder).
+        seed: seed of the split and of the labeled draw.
+        val_fraction: share of videos (patients) in ``validation``, in [0, 1).
+        meta_fraction: share of videos (patients) in ``meta``, in [0, 1).
+        label_rate: share of training videos whose class is used, in [0, 1].
+        include_classes: keep only these classes.
+        class_from: ``{class_name: regex}`` searched in file names (e.g. ``{"covid": "^Cov"}``); a file no pattern
+            matches is skipped and recorded.
+        min_frames: drop (and record) videos with fewer frames.
+        patient_of: ``{file or folder name: patient id}`` for sources whose patients are listed elsewhere (e.g. a
+            data set's manifest); it takes precedence over ``classes.csv`` and DICOM headers.
+
+    Returns:
+        the datalist as written.
+
+    Raises:
+        ValueError: fractions out of range or summing to 1 or more.
+        InputError: a source that does not exist or is not a video.
+        DatalistError: no videos found, or too few groups to fill every non-empty split.
+    """
+    for name, value in (("val_fraction", val_fraction), ("meta_fraction", meta_fraction)):
+        if not 0.0 <= float(value) < 1.0:
+            raise ValueError(f"{name} must be in [0, 1), got {value!r}.")
+    if float(val_fraction) + float(meta_fraction) >= 1.0:
+        raise ValueError(f"val_fraction + meta_fraction must be < 1, got {val_fraction!r} + {meta_fraction!r}.")
+    if not 0.0 <= float(label_rate) <= 1.0:
+        raise ValueError(f"label_rate must be in [0, 1], got {label_rate!r}.")
+    output = Path(output)
+    patterns = _compile_class_from(class_from)
+    include = _class_list("include_classes", include_classes)
+    skipped: list[dict[str, str]] = []
+    items: list[dict[str, Any]] = []
+    for source in sources:
+        items.extend(_video_sources(Path(source), patterns, skipped))
+    kept = []
+    for item in items:
+        patient = (patient_of or {}).get(Path(item["video"]).name)
+        if patient:
+            item["patient_id"] = str(patient)
+        if include is not None and item["class_name"] not in include:
+            skipped.append({"path": item["video"], "reason": f"class {item['class_name']!r} not included"})
+        elif item["num_frames"] < min_frames:
+            skipped.append({"path": item["video"], "reason": f"{item['num_frames']} frames < min_frames={min_frames}"})
+        else:
+            kept.append(item)
+    if not kept:
+        raise DatalistError(", ".join(map(str, sources)), "no videos found (video files, DICOM cines, frame folders).")
+    seen: dict[str, str] = {}
+    for item in kept:
+        if item["case_id"] in seen:
+            item["case_id"] = f"{item['source']}/{item['case_id']}"  # same name in two sources
+        if item["case_id"] in seen:
+            raise DatalistError(item["video"], f"has the same case id as {seen[item['case_id']]}.")
+        seen[item["case_id"]] = item["video"]
+    class_names = include if include is not None else sorted({item["class_name"] for item in kept})
+
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for item in sorted(kept, key=lambda entry: entry["case_id"]):
+        groups.setdefault(item.get("patient_id") or f"video:{item['case_id']}", []).append(item)
+    keys = sorted(groups)
+    rng = np.random.default_rng(seed)
+    order = [keys[i] for i in rng.permutation(len(keys))]
+    wanted = {"meta": meta_fraction, "validation": val_fraction}
+    counts = {name: (max(1, int(round(share * len(order)))) if share > 0 else 0) for name, share in wanted.items()}
+    if counts["meta"] + counts["validation"] >= len(order):
+        raise DatalistError(
+            ", ".join(map(str, sources)),
+            f"{len(order)} videos/patients cannot fill meta ({counts['meta']}), validation ({counts['validation']}) "
+            "and a non-empty train list; add videos or lower the fractions.",
+        )
+    split_of = dict.fromkeys(order[: counts["meta"]], "meta")
+    split_of |= dict.fromkeys(order[counts["meta"] : counts["meta"] + counts["validation"]], "validation")
+    splits: dict[str, list[dict[str, Any]]] = {name: [] for name in VIDEO_PRETRAINING_SPLITS}
+    for key in order:
+        splits[split_of.get(key, "train")].extend(groups[key])
+    train = sorted(splits["train"], key=lambda entry: entry["case_id"])
+    num_labeled = int(round(float(label_rate) * len(train)))
+    labeled = {int(i) for i in rng.permutation(len(train))[:num_labeled]}
+    for name in VIDEO_PRETRAINING_SPLITS:
+        ordered = sorted(splits[name], key=lambda entry: entry["case_id"])
+        for index, item in enumerate(ordered):
+            is_labeled = name == "train" and index in labeled and item["class_name"] in class_names
+            item["labeled"] = bool(is_labeled)
+            item["class"] = class_names.index(item["class_name"]) if is_labeled else -1
+        splits[name] = [_relative_item(item, output.parent) for item in ordered]
+    metadata = {
+        "builder": "usseg.data.datalist.build_video_pretraining_datalist",
+        "usseg_version": __version__,
+        "settings": {
+            "sources": [_relative_path(Path(s), output.parent) for s in sources],
+            "seed": seed,
+            "val_fraction": val_fraction,
+            "meta_fraction": meta_fraction,
+            "label_rate": label_rate,
+            "include_classes": include,
+            "class_from": dict(class_from) if class_from is not None else None,
+            "min_frames": min_frames,
+        },
+        "counts": {name: len(splits[name]) for name in VIDEO_PRETRAINING_SPLITS},
+        "frames": {name: int(sum(item["num_frames"] for item in splits[name])) for name in VIDEO_PRETRAINING_SPLITS},
+        "labeled_train_videos": num_labeled,
+        "skipped": [{"path": _relative_path(Path(r["path"]), output.parent), "reason": r["reason"]} for r in skipped],
+    }
+    datalist: dict[str, Any] = {**splits, "class_names": class_names, "metadata": metadata}
+    atomic_write_json(output, datalist)
+    return datalist
+
+
+def assign_video_folds(
+    items: Sequence[Mapping[str, Any]], num_folds: int = 5, seed: int = 0, stratify_key: str = "class_name"
+) -> list[dict[str, Any]]:
+    """Give every video a cross-validation ``fold``: stratified by class, grouped by ``patient_id`` when known.
+
+    Groups (a patient's videos, or one video) are shuffled with ``seed`` within each class and dealt to the fold
+    that currently holds the fewest videos of that class, so folds are balanced per class and no patient spans two
+    folds.
+
+    Args:
+        items: video items (with ``case_id`` and ``stratify_key``; optional ``patient_id``).
+        num_folds: number of folds, >= 2.
+        seed: seed of the shuffle.
+        stratify_key: item key of the class.
+
+    Returns:
+        new items with ``"fold"`` in ``0 .. num_folds - 1``, in the input order.
+
+    Raises:
+        ValueError: ``num_folds < 2`` or fewer groups than folds.
+    """
+    if isinstance(num_folds, bool) or not isinstance(num_folds, int) or num_folds < 2:
+        raise ValueError(f"num_folds must be an integer >= 2, got {num_folds!r}.")
+    groups: dict[str, list[int]] = {}
+    for index, item in enumerate(items):
+        groups.setdefault(str(item.get("patient_id") or f"video:{item['case_id']}"), []).append(index)
+    if len(groups) < num_folds:
+        raise ValueError(f"{len(groups)} videos/patients cannot fill num_folds={num_folds} folds.")
+    rng = np.random.default_rng(seed)
+    by_class: dict[str, list[str]] = {}
+    for key in sorted(groups):
+        by_class.setdefault(str(items[groups[key][0]].get(stratify_key)), []).append(key)
+    fold_of: dict[int, int] = {}
+    totals = [0] * num_folds
+    for class_name in sorted(by_class):
+        keys = by_class[class_name]
+        per_fold = [0] * num_folds
+        for position in rng.permutation(len(keys)):
+            members = groups[keys[int(position)]]
+            fold = min(range(num_folds), key=lambda f: (per_fold[f], totals[f], f))
+            per_fold[fold] += len(members)
+            totals[fold] += len(members)
+            for index in members:
+                fold_of[index] = fold
+    return [dict(item) | {"fold": fold_of[index]} for index, item in enumerate(items)]
+
+
+def resolve_video_pretraining_datalist(
+    output_dir: str | os.PathLike,
+    datalist: str | os.PathLike | None = None,
+    sources: Sequence[str | os.PathLike] | None = None,
+    seed: int = 0,
+    val_fraction: float = 0.2,
+    meta_fraction: float = 0.1,
+    label_rate: float = 0.0,
+    class_from: Mapping[str, str] | None = None,
+    phantom: Mapping[str, Any] | None = None,
+    include_pydicom_cine: bool = True,
+) -> str:
+    """The pre-training datalist a bundle run should use, built (with its default data) when needed.
+
+    ``datalist`` is used as is. Otherwise the videos of ``sources`` are split into
+    ``<output_dir>/pretraining_datalist.json``; without ``sources``, the usseg phantom's cine loops are generated
+    into ``<output_dir>/phantom`` (``phantom`` holds ``write_phantom_dataset`` arguments) and pydicom's bundled
+    ultrasound cine ``examples_ybr_color.dcm`` is added, so a fresh machine has data. A datalist built for the same
+    request is reused, so a resumed run trains on the same split.
+
+    Args:
+        output_dir: the run's output folder.
+        datalist: an existing pre-training datalist JSON.
+        sources: video files, DICOM cines, frame folders or folders of them.
+        seed, val_fraction, meta_fraction, label_rate, class_from: see :func:`build_video_pretraining_datalist`.
+        phantom: arguments of ``usseg.data.phantom.write_phantom_dataset`` for the default data.
+        include_pydicom_cine: add pydicom's example cine to the default data.
+
+    Returns:
+        the datalist path.
+
+    Raises:
+        FileNotFoundError: ``datalist`` does not exist.
+    """
+    if datalist:
+        path = Path(datalist).expanduser().resolve()
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: datalist not found.")
+        return str(path)
+    output_dir = Path(output_dir).expanduser().resolve()
+    request: dict[str, Any] = {
+        "sources": [str(Path(s).expanduser().resolve()) for s in sources] if sources else None,
+        "seed": seed,
+        "val_fraction": val_fraction,
+        "meta_fraction": meta_fraction,
+        "label_rate": label_rate,
+        "class_from": dict(class_from) if class_from else None,
+        "phantom": None if sources else dict(phantom or {}),
+        "include_pydicom_cine": bool(include_pydicom_cine) and not sources,
+    }
+    path = output_dir / "pretraining_datalist.json"
+    try:
+        if json.loads(path.read_text()).get("metadata", {}).get("request") == json.loads(json.dumps(request)):
+            return str(path)
+    except (OSError, json.JSONDecodeError, AttributeError):
+        pass
+    if sources:
+        chosen = [Path(s) for s in request["sources"]]
+    else:
+        from usseg.data.phantom import write_phantom_dataset
+
+        settings = {"num_images": 2, "num_videos": 12, "frames_per_video": 16, "size": 128, **dict(phantom or {})}
+        root = write_phantom_dataset(output_dir / "phantom", seed=seed, **settings)
+        chosen = [root]
+        if include_pydicom_cine:
+            from pydicom.data import get_testdata_file
+
+            cine = get_testdata_file("examples_ybr_color.dcm")
+            if cine is None:
+                raise InputError("examples_ybr_color.dcm", "pydicom's test data file is not installed.")
+            chosen.append(Path(cine))
+    built = build_video_pretraining_datalist(
+        chosen,
+        path,
+        seed=seed,
+        val_fraction=val_fraction,
+        meta_fraction=meta_fraction,
+        label_rate=label_rate,
+        class_from=class_from,
+    )
+    built["metadata"]["request"] = request
+    atomic_write_json(path, built)
+    return str(path)

@@ -1,9 +1,16 @@
 # Copyright (c) usseg contributors. Licensed under the Apache License, Version 2.0.
-"""Video transforms: USCL and Meta-USCL positive pairs from the frames of one video."""
+"""Video transforms: USCL and Meta-USCL positive pairs from the frames of one video, and their view augmentations."""
 
 from __future__ import annotations
 
 from usseg.transforms.video.array import MIXING_MODES, PAIR_PRESETS, VideoFramePair
+from usseg.transforms.video.augment import (
+    AUGMENT_PRESETS,
+    AntialiasedResize,
+    RandColorJitter,
+    RandResizedCrop,
+    contrastive_augmentation,
+)
 from usseg.transforms.video.dictionary import (
     DEFAULT_CACHE_BYTES,
     FrameSource,
@@ -24,3 +31,4 @@ __all__ = [
     "PAIR_PRESETS",
     "MIXING_MODES",
 ]
+__all__ += ["AUGMENT_PRESETS", "AntialiasedResize", "RandColorJitter", "RandResizedCrop", "contrastive_augmentation"]
