@@ -1220,7 +1220,8 @@ def test_bundle_preprocessing_names_the_bad_file(bundle: str, case: tuple, tmp_p
     assert re.search(problem, str(error)), str(error)
 
 
-@pytest.mark.parametrize("bundle", _bundles_with("train#dataset"))
+# label budgets and the "labeled" split belong to the bundles that train on labeled images (not video pretraining)
+@pytest.mark.parametrize("bundle", _bundles_with("num_labeled"))
 def test_bundle_dataset_on_an_empty_labeled_split(bundle: str, tmp_path: Path) -> None:
     path = write_bytes(tmp_path / "datalist.json", b'{"labeled": [], "unlabeled": [], "validation": [], "test": []}')
     parser = _bundle_parser(bundle)
@@ -1231,7 +1232,7 @@ def test_bundle_dataset_on_an_empty_labeled_split(bundle: str, tmp_path: Path) -
     assert str(error) == f"{path}: split 'labeled' is empty."
 
 
-@pytest.mark.parametrize("bundle", _bundles_with("datalist_file"))
+@pytest.mark.parametrize("bundle", _bundles_with("num_labeled"))
 def test_bundle_with_a_label_budget_above_the_pool(bundle: str, tmp_path: Path) -> None:
     parser = _bundle_parser(bundle)
     run_dir = tmp_path / "run"
