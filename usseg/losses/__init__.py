@@ -4,5 +4,21 @@
 from __future__ import annotations
 
 from usseg.losses.consistency import MaskedCrossEntropyLoss
+from usseg.losses.cross_network_contrast import CrossNetworkContrastLoss, PrototypeContrastLoss
+from usseg.losses.cross_supervision import CrossSupervisionLoss, SupervisedDiceCELoss
+from usseg.losses.hermes import HermesSegmentationLoss, InterTaskConsistencyLoss, MaskedSoftDiceLoss
+from usseg.losses.ntxent import NTXentLoss
+from usseg.losses.pixel_contrast import PixelContrastLoss, pixel_contrast_labels
+from usseg.losses.supcon import SupConLoss
 
 __all__ = ["MaskedCrossEntropyLoss"]
+__all__ += [
+    "HermesSegmentationLoss",
+    "InterTaskConsistencyLoss",
+    "MaskedSoftDiceLoss",
+    "PixelContrastLoss",
+    "SupConLoss",
+    "pixel_contrast_labels",
+]
+__all__ += ["CrossNetworkContrastLoss", "CrossSupervisionLoss", "PrototypeContrastLoss", "SupervisedDiceCELoss"]
+__all__ += ["NTXentLoss"]

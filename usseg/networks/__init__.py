@@ -3,6 +3,14 @@
 
 from __future__ import annotations
 
+from usseg.networks.contrastive import (
+    CMWNet,
+    ContrastiveNetwork,
+    ContrastiveOutputs,
+    ProjectionHead,
+    build_contrastive_network,
+)
+from usseg.networks.dual import DualNetworkEnsemble, ProjectedSegmenter, build_segmenter
 from usseg.networks.encoders import (
     build_resnet_encoder,
     encoder_feature_dim,
@@ -10,6 +18,7 @@ from usseg.networks.encoders import (
     resnet_features,
     save_encoder,
 )
+from usseg.networks.hermes import HermesClassificationNet, HermesInferenceModel, HermesSegmentationNet
 
 __all__ = [
     "build_resnet_encoder",
@@ -18,3 +27,6 @@ __all__ = [
     "resnet_features",
     "save_encoder",
 ]
+__all__ += ["HermesClassificationNet", "HermesInferenceModel", "HermesSegmentationNet"]
+__all__ += ["DualNetworkEnsemble", "ProjectedSegmenter", "build_segmenter"]
+__all__ += ["CMWNet", "ContrastiveNetwork", "ContrastiveOutputs", "ProjectionHead", "build_contrastive_network"]
