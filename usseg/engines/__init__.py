@@ -6,6 +6,8 @@ from __future__ import annotations
 from usseg.engines.contrastive import ContrastivePretrainer, cross_validate_encoder
 from usseg.engines.dual_network import DualNetworkTrainer
 from usseg.engines.evaluation import evaluate_checkpoints, load_model_weights
+from usseg.engines.hermes import HermesTrainer
+from usseg.engines.mutual_learning import MutualLearningTrainer
 from usseg.engines.prepare_batch import PrepareWeakStrongBatch
 from usseg.engines.pseudo_label import ConfidenceThreshold, DualThreshold
 from usseg.engines.trainers import SemiSupervisedTrainer, SupervisedTrainer
@@ -13,14 +15,17 @@ from usseg.engines.utils import autocast, resolve_device
 
 __all__ = [
     "ConfidenceThreshold",
+    "ContrastivePretrainer",
+    "DualNetworkTrainer",
+    "DualThreshold",
+    "HermesTrainer",
+    "MutualLearningTrainer",
     "PrepareWeakStrongBatch",
     "SemiSupervisedTrainer",
     "SupervisedTrainer",
     "autocast",
+    "cross_validate_encoder",
     "evaluate_checkpoints",
     "load_model_weights",
     "resolve_device",
 ]
-__all__ += ["DualThreshold"]
-__all__ += ["DualNetworkTrainer"]
-__all__ += ["ContrastivePretrainer", "cross_validate_encoder"]

@@ -7,6 +7,7 @@ usseg adds no second implementation.
 
 from __future__ import annotations
 
+from usseg.handlers.bma import BMATeacherHandler, PhaseSwitchHandler
 from usseg.handlers.checkpoint import BestMetricState, EpochSeedHandler, TrainingCheckpointHandler
 from usseg.handlers.report import SegmentationReportHandler, TrainingHistoryHandler
 from usseg.handlers.run_record import RunRecordHandler
@@ -14,16 +15,18 @@ from usseg.handlers.schedules import RampUpHandler, cosine_rampup, linear_rampup
 from usseg.handlers.tracking import ScalarEventWriter, loss_components
 
 __all__ = [
+    "BMATeacherHandler",
     "BestMetricState",
     "EpochSeedHandler",
-    "TrainingCheckpointHandler",
+    "PhaseSwitchHandler",
     "RampUpHandler",
-    "SegmentationReportHandler",
-    "TrainingHistoryHandler",
     "RunRecordHandler",
     "ScalarEventWriter",
-    "loss_components",
+    "SegmentationReportHandler",
+    "TrainingCheckpointHandler",
+    "TrainingHistoryHandler",
     "cosine_rampup",
     "linear_rampup",
+    "loss_components",
     "sigmoid_rampup",
 ]

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from usseg.losses.asc import ASCLoss, SoftDiceBCELoss
 from usseg.losses.consistency import MaskedCrossEntropyLoss
 from usseg.losses.cross_network_contrast import CrossNetworkContrastLoss, PrototypeContrastLoss
 from usseg.losses.cross_supervision import CrossSupervisionLoss, SupervisedDiceCELoss
@@ -11,14 +12,19 @@ from usseg.losses.ntxent import NTXentLoss
 from usseg.losses.pixel_contrast import PixelContrastLoss, pixel_contrast_labels
 from usseg.losses.supcon import SupConLoss
 
-__all__ = ["MaskedCrossEntropyLoss"]
-__all__ += [
+__all__ = [
+    "ASCLoss",
+    "CrossNetworkContrastLoss",
+    "CrossSupervisionLoss",
     "HermesSegmentationLoss",
     "InterTaskConsistencyLoss",
+    "MaskedCrossEntropyLoss",
     "MaskedSoftDiceLoss",
+    "NTXentLoss",
     "PixelContrastLoss",
+    "PrototypeContrastLoss",
+    "SoftDiceBCELoss",
     "SupConLoss",
+    "SupervisedDiceCELoss",
     "pixel_contrast_labels",
 ]
-__all__ += ["CrossNetworkContrastLoss", "CrossSupervisionLoss", "PrototypeContrastLoss", "SupervisedDiceCELoss"]
-__all__ += ["NTXentLoss"]

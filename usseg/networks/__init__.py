@@ -19,14 +19,24 @@ from usseg.networks.encoders import (
     save_encoder,
 )
 from usseg.networks.hermes import HermesClassificationNet, HermesInferenceModel, HermesSegmentationNet
+from usseg.networks.semi_cml import SemiCMLUNet
 
 __all__ = [
+    "CMWNet",
+    "ContrastiveNetwork",
+    "ContrastiveOutputs",
+    "DualNetworkEnsemble",
+    "HermesClassificationNet",
+    "HermesInferenceModel",
+    "HermesSegmentationNet",
+    "ProjectedSegmenter",
+    "ProjectionHead",
+    "SemiCMLUNet",
+    "build_contrastive_network",
     "build_resnet_encoder",
+    "build_segmenter",
     "encoder_feature_dim",
     "load_encoder_weights",
     "resnet_features",
     "save_encoder",
 ]
-__all__ += ["HermesClassificationNet", "HermesInferenceModel", "HermesSegmentationNet"]
-__all__ += ["DualNetworkEnsemble", "ProjectedSegmenter", "build_segmenter"]
-__all__ += ["CMWNet", "ContrastiveNetwork", "ContrastiveOutputs", "ProjectionHead", "build_contrastive_network"]
