@@ -7,17 +7,16 @@ import copy
 
 import pytest
 import torch
+from monai.networks.nets import ResNet
 
 from usseg.networks.contrastive import (
     CMWNet,
     ContrastiveNetwork,
     ContrastiveOutputs,
     ProjectionHead,
-    ZeroPadShortcut,
     build_contrastive_network,
-    make_scriptable,
 )
-from usseg.networks.encoders import build_resnet_encoder
+from usseg.networks.encoders import ZeroPadShortcut, build_resnet_encoder, make_scriptable
 
 
 @pytest.mark.parametrize(
@@ -92,7 +91,18 @@ def test_outputs_wrapper_needs_forward_all() -> None:
 
 def test_scriptable_shortcut_computes_what_monai_computes_values_and_gradients() -> None:
     torch.manual_seed(0)
-    reference = build_resnet_encoder(widths=(8, 16, 16, 32))
+    # MONAI's own ResNet-18 as the reference: build_resnet_encoder already swaps the shortcuts in
+    reference = ResNet(
+        block="basic",
+        layers=[2, 2, 2, 2],
+        block_inplanes=[8, 16, 16, 32],
+        spatial_dims=2,
+        n_input_channels=1,
+        conv1_t_stride=2,
+        shortcut_type="A",
+        feed_forward=False,
+    )
+    assert not any(isinstance(m, ZeroPadShortcut) for m in reference.modules())
     swapped = copy.deepcopy(reference)
     make_scriptable(swapped)
     assert any(isinstance(m, ZeroPadShortcut) for m in swapped.modules())

@@ -93,3 +93,10 @@ def test_unusable_weight_files_raise_input_error(tmp_path, content, problem):
 def test_invalid_architectures_are_rejected(kwargs):
     with pytest.raises(ValueError, match="must be"):
         build_resnet_encoder(**kwargs)
+
+
+def test_resnet18_encoder_compiles_with_torchscript_for_zoo_export():
+    # MONAI's "A" shortcut is a functools.partial that TorchScript cannot compile; the builder swaps in a module
+    encoder = build_resnet_encoder(18, widths=(8, 16, 16, 32)).eval()
+    images = torch.rand(2, 1, 32, 32)
+    torch.testing.assert_close(torch.jit.script(encoder)(images), encoder(images))

@@ -16,10 +16,7 @@
 
 from __future__ import annotations
 
-import functools
-
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from usseg.networks.encoders import build_resnet_encoder, encoder_feature_dim
@@ -30,9 +27,7 @@ __all__ = [
     "ContrastiveNetwork",
     "ContrastiveOutputs",
     "CMWNet",
-    "ZeroPadShortcut",
     "build_contrastive_network",
-    "make_scriptable",
 ]
 
 PROJECTION_PRESETS: dict[str, tuple[int, int]] = {"uscl": (512, 256), "meta_uscl": (512, 128)}
@@ -192,46 +187,6 @@ class ContrastiveOutputs(nn.Module):
         return self.network.forward_all(image)
 
 
-class ZeroPadShortcut(nn.Module):
-    """MONAI ResNet's parameter-free "A" shortcut as a module: stride-``s`` subsampling, zero channels appended.
-
-    MONAI builds it as a ``functools.partial`` of ``ResNet._downsample_basic_block``, which TorchScript cannot
-    compile; this module computes the same values (including MONAI's ``.data``, i.e. no gradient through the
-    shortcut) and holds no state, so swapping it in changes neither outputs nor ``state_dict`` keys.
-
-    Args:
-        planes: output channels.
-        stride: spatial stride.
-    """
-
-    def __init__(self, planes: int, stride: int) -> None:
-        super().__init__()
-        self.planes, self.stride = int(planes), int(stride)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = F.avg_pool2d(x, kernel_size=1, stride=self.stride).detach()
-        pads = torch.zeros(
-            [out.shape[0], self.planes - out.shape[1], out.shape[2], out.shape[3]], dtype=out.dtype, device=out.device
-        )
-        return torch.cat([out, pads], dim=1)
-
-
-def make_scriptable(encoder: nn.Module) -> nn.Module:
-    """Replace the ``functools.partial`` shortcuts of a 2D MONAI ResNet by :class:`ZeroPadShortcut` (in place).
-
-    Args:
-        encoder: a MONAI ``ResNet`` (e.g. from ``build_resnet_encoder``); other modules are returned unchanged.
-
-    Returns:
-        ``encoder``.
-    """
-    for module in encoder.modules():
-        shortcut = getattr(module, "downsample", None)
-        if isinstance(shortcut, functools.partial) and shortcut.keywords.get("spatial_dims", 2) == 2:
-            module.downsample = ZeroPadShortcut(shortcut.keywords["planes"], shortcut.keywords["stride"])
-    return encoder
-
-
 def build_contrastive_network(
     preset: str = "meta_uscl",
     depth: int = 18,
@@ -259,7 +214,7 @@ def build_contrastive_network(
     """
     if preset not in PROJECTION_PRESETS:
         raise ValueError(f"preset must be one of {sorted(PROJECTION_PRESETS)}, got {preset!r}.")
-    encoder = make_scriptable(build_resnet_encoder(depth=depth, in_channels=in_channels, widths=tuple(widths)))
+    encoder = build_resnet_encoder(depth=depth, in_channels=in_channels, widths=tuple(widths))
     features = encoder_feature_dim(encoder)
     hidden, out = PROJECTION_PRESETS[preset]
     hidden = hidden if features == 512 else features  # released widths for ResNet-18; scaled for CPU-sized ones

@@ -17,6 +17,7 @@ and bias settings as those backbones for the standard depths, so an exported Res
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from collections.abc import Mapping, Sequence
@@ -24,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from monai.networks.nets import ResNet
 from monai.networks.nets.resnet import resnet_params
 from torch import nn
@@ -40,6 +42,8 @@ __all__ = [
     "read_encoder_architecture",
     "resnet_features",
     "save_encoder",
+    "ZeroPadShortcut",
+    "make_scriptable",
 ]
 
 ENCODER_BUILDER = "usseg.networks.encoders.build_resnet_encoder"
@@ -90,10 +94,51 @@ def build_resnet_encoder(
         bias_downsample=bias_downsample,
         feed_forward=False,
     )
+    make_scriptable(encoder)  # TorchScript export (zoo ckpt_export) fails on MONAI's partial-function shortcuts
     encoder.usseg_architecture = {
         "builder": ENCODER_BUILDER,
         "args": {"depth": depth, "in_channels": int(in_channels), "widths": widths, "spatial_dims": spatial_dims},
     }
+    return encoder
+
+
+class ZeroPadShortcut(nn.Module):
+    """MONAI ResNet's parameter-free "A" shortcut as a module: stride-``s`` subsampling, zero channels appended.
+
+    MONAI builds it as a ``functools.partial`` of ``ResNet._downsample_basic_block``, which TorchScript cannot
+    compile; this module computes the same values (including MONAI's ``.data``, i.e. no gradient through the
+    shortcut) and holds no state, so swapping it in changes neither outputs nor ``state_dict`` keys.
+
+    Args:
+        planes: output channels.
+        stride: spatial stride.
+    """
+
+    def __init__(self, planes: int, stride: int) -> None:
+        super().__init__()
+        self.planes, self.stride = int(planes), int(stride)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.avg_pool2d(x, kernel_size=1, stride=self.stride).detach()
+        pads = torch.zeros(
+            [out.shape[0], self.planes - out.shape[1], out.shape[2], out.shape[3]], dtype=out.dtype, device=out.device
+        )
+        return torch.cat([out, pads], dim=1)
+
+
+def make_scriptable(encoder: nn.Module) -> nn.Module:
+    """Replace the ``functools.partial`` shortcuts of a 2D MONAI ResNet by :class:`ZeroPadShortcut` (in place).
+
+    Args:
+        encoder: a MONAI ``ResNet`` (e.g. from ``build_resnet_encoder``); other modules are returned unchanged.
+
+    Returns:
+        ``encoder``.
+    """
+    for module in encoder.modules():
+        shortcut = getattr(module, "downsample", None)
+        if isinstance(shortcut, functools.partial) and shortcut.keywords.get("spatial_dims", 2) == 2:
+            module.downsample = ZeroPadShortcut(shortcut.keywords["planes"], shortcut.keywords["stride"])
     return encoder
 
 
