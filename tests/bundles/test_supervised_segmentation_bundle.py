@@ -8,15 +8,14 @@ which also proves the bundle works from any working directory. The phantom is ge
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pytest
 import torch
+from bundle_helpers import run_bundle
 from monai.bundle import ConfigWorkflow
 from PIL import Image
 
@@ -45,15 +44,7 @@ QUICK = [
 
 
 def _run(cwd: Path, configs: list[str], *overrides: str) -> subprocess.CompletedProcess:
-    files = [str(CONFIGS / c) for c in configs]
-    config_arg = files[0] if len(files) == 1 else "[" + ",".join(f"'{f}'" for f in files) + "]"
-    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", config_arg, *overrides]
-    env = {**os.environ, "OMP_NUM_THREADS": "2"}
-    result = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env=env, timeout=600)
-    assert result.returncode == 0, (
-        f"{' '.join(cmd)}\n--- stdout\n{result.stdout[-3000:]}\n--- stderr\n{result.stderr[-5000:]}"
-    )
-    return result
+    return run_bundle(CONFIGS, cwd, configs, *overrides)
 
 
 @pytest.fixture(scope="module")
