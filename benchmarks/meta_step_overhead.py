@@ -48,9 +48,9 @@ def _batch(pairs: int, size: int, seed: int) -> dict[str, torch.Tensor]:
 def build(variant: str, args: argparse.Namespace, precision: str, channels_last: bool) -> ContrastivePretrainer:
     meta, meta_parameters, interval = VARIANTS[variant]
     torch.manual_seed(0)
-    network = build_contrastive_network("meta_uscl", depth=18)
+    network = build_contrastive_network("meta_uscl", depth=18, widths=args.widths)
     optimizer = torch.optim.SGD(network.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
-    cmw = CMWNet(512) if meta else None
+    cmw = CMWNet(network.projection[0].in_features) if meta else None
     trainer = ContrastivePretrainer(
         device="cpu",
         max_epochs=1,
@@ -87,6 +87,9 @@ def main() -> None:
     parser.add_argument("--pairs", type=int, default=32, help="positive pairs per batch (and meta batch)")
     parser.add_argument("--size", type=int, default=64, help="input side in pixels")
     parser.add_argument("--settings", nargs="+", default=["fp32", "bf16_channels_last"])
+    parser.add_argument(
+        "--widths", type=int, nargs=4, default=[32, 64, 128, 256], help="ResNet-18 stage widths (bundle default)"
+    )
     args = parser.parse_args()
     settings_map = {"fp32": ("fp32", False), "bf16_channels_last": ("bf16", True)}
     batch = _batch(args.pairs, args.size, 1)
@@ -120,7 +123,8 @@ def main() -> None:
     write_results(
         "meta_step_overhead",
         {
-            "network": "ResNet-18 (MONAI, 1 input channel) + projection 512-512-128; CMW-Net 1024-10-1",
+            "network": f"ResNet-18 (MONAI, 1 input channel, widths {args.widths}) + projection {args.widths[-1]}-"
+            f"{args.widths[-1]}-128; CMW-Net {2 * args.widths[-1]}-10-1",
             "input": f"{args.size}x{args.size} grayscale, {args.pairs} pairs per batch, {args.pairs} meta pairs",
             "optimizer": "SGD lr 0.1 momentum 0.9 wd 1e-4; CMW-Net Adam 6e-5",
             "rounds": args.rounds,

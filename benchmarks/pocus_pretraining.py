@@ -59,6 +59,7 @@ except ImportError:  # run as a module: python -m benchmarks.pocus_pretraining
 
 CLASSES = ("covid", "pneumonia", "regular")
 SPLITS_DIR = Path(__file__).resolve().parent / "splits"
+LAST_STAGE = ["encoder.layer4", "projection"]  # the virtual step of the cheap Meta-USCL variant
 ANCHORS = {
     "imagenet_pretrained_resnet18": {"accuracy": 0.84, "source": "USCL abstract (arXiv:2011.13066): about 84%"},
     "uscl_resnet18_224": {"accuracy": 0.9419, "source": "983632847/USCL README, US-4 pre-training, 300 epochs"},
@@ -181,7 +182,7 @@ def pretrain(
             "weight_network": cmw,
             "weight_optimizer": torch.optim.Adam(cmw.parameters(), lr=6e-5),
             "meta_interval": 2 if method.endswith("every2") else args.meta_interval,
-            "meta_parameters": args.meta_parameters,
+            "meta_parameters": LAST_STAGE if method.endswith("last_stage") else args.meta_parameters,
             "meta_lr": 0.1,
         }
     else:
@@ -257,7 +258,12 @@ def main() -> None:
     parser.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--meta-interval", type=int, default=1)
     parser.add_argument("--meta-parameters", nargs="*", default=None)
-    parser.add_argument("--methods", nargs="+", default=["random", "uscl", "meta_uscl"], help="also: meta_uscl_every2")
+    parser.add_argument(
+        "--methods",
+        nargs="+",
+        default=["random", "uscl", "meta_uscl"],
+        help="also: meta_uscl_every2, meta_uscl_last_stage",
+    )
     parser.add_argument("--finetune-epochs", type=int, default=30)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/usseg_pocus_pretraining"))
@@ -305,7 +311,7 @@ def main() -> None:
             "encoder": f"ResNet-18 (MONAI, usseg.networks.encoders.build_resnet_encoder), widths {args.widths}",
             "split": {k: len(pretraining[k]) for k in ("train", "validation", "meta")},
             "meta_interval": f"{args.meta_interval} (2 for meta_uscl_every2)",
-            "meta_parameters": args.meta_parameters,
+            "meta_parameters": f"{args.meta_parameters} ({LAST_STAGE} for meta_uscl_last_stage)",
             "uscl_classification_loss": "off (labels are the evaluation target)",
             "checkpoint": "last",
         },
