@@ -18,8 +18,8 @@ from monai.engines.utils import IterationEvents, PrepareBatch, default_prepare_b
 from monai.utils import CommonKeys as Keys
 from torch import nn
 
-from usseg.engines.trainers import SemiSupervisedTrainer, _plain, _unpack_batch
-from usseg.engines.utils import to_channels_last
+from usseg.engines.trainers import SemiSupervisedTrainer
+from usseg.engines.utils import plain_tensor, to_channels_last, unpack_batch
 from usseg.handlers.schedules import RampUpHandler
 from usseg.losses.cross_network_contrast import CrossNetworkContrastLoss
 from usseg.losses.cross_supervision import CrossSupervisionLoss, SupervisedDiceCELoss
@@ -206,18 +206,18 @@ class DualNetworkTrainer(SemiSupervisedTrainer):
 
     def forward(self, engine: DualNetworkTrainer, batchdata: Any) -> dict[str, Any]:
         batch = engine.prepare_batch(batchdata, engine.state.device, engine.non_blocking, **engine.to_kwargs)
-        inputs, targets, _, _ = _unpack_batch(batch)
+        inputs, targets, _, _ = unpack_batch(batch)
         unlabeled = engine.prepare_unlabeled(engine.next_unlabeled(), engine.state.device, engine.non_blocking)
         engine.state.output = {Keys.IMAGE: inputs, Keys.LABEL: targets}
         num_labeled = int(inputs.shape[0])
-        both = torch.cat([_plain(inputs), _plain(unlabeled)], dim=0)
+        both = torch.cat([plain_tensor(inputs), plain_tensor(unlabeled)], dim=0)
         if engine.channels_last:
             both = to_channels_last(both)
         logits1, embeddings1 = engine.network(both)
         logits2, embeddings2 = engine.network2(both)
         engine.state.output[Keys.PRED] = logits1[:num_labeled]
         return {
-            Keys.LABEL: _plain(targets),
+            Keys.LABEL: plain_tensor(targets),
             "num_labeled": num_labeled,
             "logits1": logits1,
             "logits2": logits2,

@@ -46,7 +46,8 @@ from monai.utils import CommonKeys as Keys
 from torch import nn
 
 from usseg.engines.pseudo_label import DualThreshold
-from usseg.engines.trainers import SemiSupervisedTrainer, _plain, _unpack_batch
+from usseg.engines.trainers import SemiSupervisedTrainer
+from usseg.engines.utils import plain_tensor, unpack_batch
 from usseg.errors import require_bool
 from usseg.losses.hermes import HermesSegmentationLoss, InterTaskConsistencyLoss, MaskedSoftDiceLoss
 from usseg.losses.pixel_contrast import PixelContrastLoss, pixel_contrast_labels
@@ -261,11 +262,11 @@ class HermesTrainer(SemiSupervisedTrainer):
                 f"the labeled batch has no {self.class_key!r} (the class index of each image); found {keys}. "
                 "Hermes needs a class per labeled image: a datalist with 'class' entries (classes.csv)."
             )
-        return torch.as_tensor(_plain(batchdata[self.class_key])).long().to(self.state.device).view(-1)
+        return torch.as_tensor(plain_tensor(batchdata[self.class_key])).long().to(self.state.device).view(-1)
 
     def forward(self, engine: HermesTrainer, batchdata: Any) -> dict[str, Any]:
         batch = engine.prepare_batch(batchdata, engine.state.device, engine.non_blocking, **engine.to_kwargs)
-        images, masks, _, _ = _unpack_batch(batch)
+        images, masks, _, _ = unpack_batch(batch)
         classes = engine._classes(batchdata)
         engine.state.output = {Keys.IMAGE: images, Keys.LABEL: masks}
         labeled = engine.network_input(images)
@@ -291,7 +292,7 @@ class HermesTrainer(SemiSupervisedTrainer):
         engine.state.output["class_logits"] = cls_logits[:num_labeled].detach()
         return {
             "num_labeled": num_labeled,
-            "masks": _plain(masks),
+            "masks": plain_tensor(masks),
             "classes": classes,
             "seg_logits": seg_logits,
             "seg_embedding": seg_embedding,
@@ -416,10 +417,10 @@ class HermesEvaluator(SupervisedEvaluator):
         model = _unwrap(engine.network)
         if not hasattr(model, "classify"):
             raise TypeError(f"HermesEvaluator needs a network with classify(), got {type(model).__name__}.")
-        image = _plain(engine.state.output[Keys.IMAGE])
+        image = plain_tensor(engine.state.output[Keys.IMAGE])
         with engine.mode(engine.network), torch.no_grad():
             logits = model.classify(image)
         engine.state.output[self.class_prob_key] = logits.float().softmax(dim=1)
         batch = engine.state.batch
         if isinstance(batch, Mapping) and self.class_key in batch:
-            engine.state.output[self.class_key] = torch.as_tensor(_plain(batch[self.class_key])).long().view(-1)
+            engine.state.output[self.class_key] = torch.as_tensor(plain_tensor(batch[self.class_key])).long().view(-1)

@@ -20,16 +20,13 @@ from monai.utils import CommonKeys as Keys
 from torch import nn
 
 from usseg.engines.trainers import SemiSupervisedTrainer
+from usseg.engines.utils import plain_tensor
 from usseg.losses.asc import ASCLoss, SoftDiceBCELoss
 from usseg.networks.semi_cml import set_dropout_mode
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["MutualLearningTrainer", "PrepareMultiModalBatch", "PrepareSingleModalityBatch", "label_to_target"]
-
-
-def _plain(value: Any) -> Any:
-    return value.as_tensor() if hasattr(value, "as_tensor") else value
 
 
 def label_to_target(label: torch.Tensor, out_channels: int) -> torch.Tensor:
@@ -41,7 +38,7 @@ def label_to_target(label: torch.Tensor, out_channels: int) -> torch.Tensor:
     Raises:
         ValueError: the label has neither 1 nor ``out_channels`` channels.
     """
-    label = _plain(label)
+    label = plain_tensor(label)
     if label.shape[1] == 1:
         if out_channels == 1:
             return (label > 0).float()
@@ -328,8 +325,8 @@ class MutualLearningTrainer(SemiSupervisedTrainer):
         for student in (engine.network, engine.network_m2):
             set_dropout_mode(student, engine.student_dropout)
         num_labeled = lab_m1.shape[0]
-        logits_m1 = engine.network(engine.network_input(torch.cat([_plain(lab_m1), _plain(unl_m1)])))
-        logits_m2 = engine.network_m2(engine.network_input(torch.cat([_plain(lab_m2), _plain(unl_m2)])))
+        logits_m1 = engine.network(engine.network_input(torch.cat([plain_tensor(lab_m1), plain_tensor(unl_m1)])))
+        logits_m2 = engine.network_m2(engine.network_input(torch.cat([plain_tensor(lab_m2), plain_tensor(unl_m2)])))
         engine.state.output[Keys.PRED] = logits_m1[:num_labeled]
         engine.state.output["pred_m2"] = logits_m2[:num_labeled]
         forward_output = {
@@ -338,7 +335,7 @@ class MutualLearningTrainer(SemiSupervisedTrainer):
             Keys.LABEL: label_to_target(label, engine.out_channels),
         }
         if engine.phase == 2:
-            teacher_images = _plain(unl_m2 if engine.teacher_modality == 2 else unl_m1)
+            teacher_images = plain_tensor(unl_m2 if engine.teacher_modality == 2 else unl_m1)
             forward_output["pseudo"], forward_output["pseudo_std"] = engine.soft_pseudo_labels(teacher_images)
         return forward_output
 

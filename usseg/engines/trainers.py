@@ -17,7 +17,7 @@ where ``StatsHandler``, TensorBoard and MLflow log them.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import torch
@@ -29,23 +29,18 @@ from torch import nn
 
 from usseg.engines.prepare_batch import PrepareWeakStrongBatch
 from usseg.engines.pseudo_label import ConfidenceThreshold
-from usseg.engines.utils import autocast, needs_grad_scaler, resolve_device, to_channels_last
+from usseg.engines.utils import (
+    autocast,
+    needs_grad_scaler,
+    plain_tensor,
+    resolve_device,
+    to_channels_last,
+    unpack_batch,
+)
 from usseg.errors import DatalistError, require_bool
 from usseg.losses.consistency import MaskedCrossEntropyLoss
 
 __all__ = ["SupervisedTrainer", "SemiSupervisedTrainer"]
-
-
-def _unpack_batch(batch: Sequence) -> tuple[Any, Any, tuple, dict]:
-    """``prepare_batch`` returns ``(inputs, targets)`` or ``(inputs, targets, args, kwargs)``."""
-    if len(batch) == 2:
-        return batch[0], batch[1], (), {}
-    return batch[0], batch[1], tuple(batch[2]), dict(batch[3])
-
-
-def _plain(value: Any) -> Any:
-    """A MetaTensor's data without its metadata: losses need only the numbers, not the dispatch overhead."""
-    return value.as_tensor() if hasattr(value, "as_tensor") else value
 
 
 def _scalar(value: Any) -> Any:
@@ -136,18 +131,18 @@ class SupervisedTrainer(MonaiSupervisedTrainer):
 
     def network_input(self, tensor: torch.Tensor) -> torch.Tensor:
         """A batch as the network wants it: a plain tensor, channels-last when configured."""
-        tensor = _plain(tensor)
+        tensor = plain_tensor(tensor)
         return to_channels_last(tensor) if self.channels_last else tensor
 
     def forward(self, engine: SupervisedTrainer, batchdata: Any) -> dict[str, Any]:
         """Run the networks on one batch; fill ``engine.state.output`` (IMAGE, LABEL, PRED) and return what the
         losses need. Runs under autocast."""
         batch = engine.prepare_batch(batchdata, engine.state.device, engine.non_blocking, **engine.to_kwargs)
-        inputs, targets, args, kwargs = _unpack_batch(batch)
+        inputs, targets, args, kwargs = unpack_batch(batch)
         engine.state.output = {Keys.IMAGE: inputs, Keys.LABEL: targets}
         pred = engine.inferer(engine.network_input(inputs), engine.network, *args, **kwargs)
         engine.state.output[Keys.PRED] = pred
-        return {Keys.PRED: pred, Keys.LABEL: _plain(targets)}
+        return {Keys.PRED: pred, Keys.LABEL: plain_tensor(targets)}
 
     def compute_losses(self, engine: SupervisedTrainer, forward_output: dict[str, Any]) -> dict[str, torch.Tensor]:
         """Return the named loss terms; ``"loss"`` is the total that is back-propagated. Runs in fp32."""
@@ -349,7 +344,7 @@ class SemiSupervisedTrainer(SupervisedTrainer):
 
     def forward(self, engine: SemiSupervisedTrainer, batchdata: Any) -> dict[str, Any]:
         batch = engine.prepare_batch(batchdata, engine.state.device, engine.non_blocking, **engine.to_kwargs)
-        inputs, targets, args, kwargs = _unpack_batch(batch)
+        inputs, targets, args, kwargs = unpack_batch(batch)
         weak, strong = engine.prepare_unlabeled(engine.next_unlabeled(), engine.state.device, engine.non_blocking)
         engine.state.output = {Keys.IMAGE: inputs, Keys.LABEL: targets}
         with torch.no_grad():
@@ -360,7 +355,12 @@ class SemiSupervisedTrainer(SupervisedTrainer):
         logits = engine.inferer(both, engine.network, *args, **kwargs)
         pred, student_logits = logits[:num_labeled], logits[num_labeled:]
         engine.state.output[Keys.PRED] = pred
-        return {Keys.PRED: pred, Keys.LABEL: _plain(targets), "student": student_logits, "teacher": teacher_logits}
+        return {
+            Keys.PRED: pred,
+            Keys.LABEL: plain_tensor(targets),
+            "student": student_logits,
+            "teacher": teacher_logits,
+        }
 
     def compute_losses(self, engine: SemiSupervisedTrainer, forward_output: dict[str, Any]) -> dict[str, torch.Tensor]:
         sup = engine.loss_function(forward_output[Keys.PRED].float(), forward_output[Keys.LABEL]).mean()

@@ -10,11 +10,20 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 import torch
 
-__all__ = ["PRECISIONS", "resolve_device", "autocast", "needs_grad_scaler", "to_channels_last"]
+__all__ = [
+    "PRECISIONS",
+    "resolve_device",
+    "autocast",
+    "needs_grad_scaler",
+    "to_channels_last",
+    "plain_tensor",
+    "unpack_batch",
+]
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -63,3 +72,17 @@ def to_channels_last(tensor: torch.Tensor) -> torch.Tensor:
     if isinstance(tensor, torch.Tensor) and tensor.ndim == 4:
         return tensor.contiguous(memory_format=torch.channels_last)
     return tensor
+
+
+def plain_tensor(value: Any) -> Any:
+    """A MetaTensor's data without its metadata (anything else unchanged): losses need only the numbers, and plain
+    tensors skip MetaTensor's per-operation dispatch overhead."""
+    return value.as_tensor() if hasattr(value, "as_tensor") else value
+
+
+def unpack_batch(batch: Sequence) -> tuple[Any, Any, tuple, dict]:
+    """``(inputs, targets, args, kwargs)`` of what a MONAI ``prepare_batch`` returns: ``(inputs, targets)`` or
+    ``(inputs, targets, args, kwargs)``."""
+    if len(batch) == 2:
+        return batch[0], batch[1], (), {}
+    return batch[0], batch[1], tuple(batch[2]), dict(batch[3])
