@@ -35,6 +35,7 @@ from usseg.data.readers import (
     UltrasoundImageReader,
     VideoFrameCache,
     VideoReader,
+    downscale_frames,
     read_dicom,
     read_image_array,
     read_mask,
@@ -939,6 +940,54 @@ def test_cache_decodes_again_when_the_file_changes(tmp_path, count_decodes):
     os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 10**9))
     assert cache.num_frames(path) == 5
     assert len(cache) == 1 and count_decodes == ["clip.mp4", "clip.mp4"]
+
+
+@pytest.mark.parametrize(
+    ("shape", "max_side", "expected"),
+    [
+        pytest.param((2, 48, 64), 16, (2, 12, 16), id="landscape-gray"),
+        pytest.param((2, 64, 48, 3), 16, (2, 16, 12, 3), id="portrait-rgb"),
+        pytest.param((1, 1080, 1920), 256, (1, 144, 256), id="1080p"),
+        pytest.param((1, 3, 400), 20, (1, 1, 20), id="thin-side-kept-at-one"),
+    ],
+)
+def test_downscale_keeps_the_aspect_ratio(shape, max_side, expected):
+    assert downscale_frames(np.zeros(shape, np.uint8), max_side).shape == expected
+
+
+def test_downscale_averages_areas_and_leaves_small_frames_alone():
+    frames = np.zeros((1, 4, 8), np.uint8)
+    frames[0, :, 4:] = 200  # left half dark, right half bright: a 2x shrink averages 2x2 blocks
+    small = downscale_frames(frames, 4)
+    np.testing.assert_array_equal(small[0], [[0, 0, 200, 200], [0, 0, 200, 200]])
+    checker = np.indices((1, 4, 8)).sum(axis=0) % 2 * 200  # alternating 0/200: every 2x2 block averages to 100
+    np.testing.assert_array_equal(downscale_frames(checker.astype(np.uint8), 4), np.full((1, 2, 4), 100))
+    assert downscale_frames(frames, 8) is frames
+
+
+def test_cache_with_max_side_stores_downscaled_frames(tmp_path, count_decodes):
+    path = write_video(tmp_path / "clip.mp4")
+    cache = VideoFrameCache(max_side=32)
+    frames = cache.get_frames(path, [0, 5])
+    expected = downscale_frames(read_video(path), 32)[[0, 5]]
+    assert frames.shape == (2, 24, 32)
+    np.testing.assert_array_equal(frames, expected)
+    assert cache.nbytes == VIDEO_FRAMES * 24 * 32 and count_decodes.count("clip.mp4") == 1
+    clone = pickle.loads(pickle.dumps(cache))
+    assert clone.max_side == 32 and len(clone) == 0
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error"),
+    [
+        pytest.param({"max_side": 0}, ValueError, id="zero"),
+        pytest.param({"max_side": 2.5}, TypeError, id="float"),
+        pytest.param({"max_side": True}, TypeError, id="bool"),
+    ],
+)
+def test_cache_rejects_a_bad_max_side(kwargs, error):
+    with pytest.raises(error, match="max_side"):
+        VideoFrameCache(**kwargs)
 
 
 def test_cache_serves_dicom_cines():
