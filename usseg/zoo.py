@@ -435,6 +435,7 @@ def load_network(
     parser = ConfigParser()
     parser.read_config(os.fspath(inference_config(bundle_dir)))
     parser["bundle_root"] = os.fspath(bundle_dir)
+    parser["ckpt_path"] = os.fspath(ckpt_file)  # a network_def may read its architecture from the checkpoint
     network = parser.get_parsed_content("network_def")
     try:
         state = torch.load(ckpt_file, map_location="cpu", weights_only=True)
@@ -479,6 +480,7 @@ def export_torchscript(
             meta_file=os.fspath(bundle_dir / "configs" / "metadata.json"),
             config_file=os.fspath(inference_config(bundle_dir)),
             bundle_root=os.fspath(bundle_dir),
+            ckpt_path=os.fspath(ckpt_file),  # as in load_network: the architecture may come from the checkpoint
         )
     return Path(filepath)
 
@@ -548,6 +550,7 @@ def export_onnx(
             input_shape=shape,
             converter_kwargs=converter_kwargs,
             bundle_root=os.fspath(bundle_dir),
+            ckpt_path=os.fspath(ckpt_file),  # as in load_network: the architecture may come from the checkpoint
         )
         with scratch_file.open("rb") as exported:
             shutil.copyfileobj(exported, handle, 1 << 20)

@@ -19,6 +19,7 @@ from usseg.networks.encoders import (
     save_encoder,
 )
 from usseg.networks.hermes import HermesClassificationNet, HermesInferenceModel, HermesSegmentationNet
+from usseg.networks.resnet_unet import ResNetUNet
 from usseg.networks.semi_cml import SemiCMLUNet
 
 __all__ = [
@@ -31,6 +32,7 @@ __all__ = [
     "HermesSegmentationNet",
     "ProjectedSegmenter",
     "ProjectionHead",
+    "ResNetUNet",
     "SemiCMLUNet",
     "build_contrastive_network",
     "build_resnet_encoder",

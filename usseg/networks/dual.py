@@ -14,6 +14,11 @@ their ensemble.
                                The usseg default second network: 0.2-0.3 s per step of 8 images at 128² on 2 CPU cores.
   ``resnet18_unet``            MONAI ``FlexibleUNet`` with a ResNet-18 encoder, random weights (the released
                                "ResNet-UNet" used ImageNet weights; here the encoder can come from a Meta-USCL file).
+                               Its widths are fixed (64-512): an encoder file of other widths does not load.
+  ``resnet_unet``              :class:`usseg.networks.resnet_unet.ResNetUNet`: a usseg ResNet encoder of any depth and
+                               width + a light U-Net decoder. With ``encoder_weights`` its depth and widths are the
+                               file's (the Meta-USCL default export, ResNet-18 at 32-256, loads); without, ResNet-18
+                               at widths 32-256, random weights.
   ``efficientnet_b3_unet``     MONAI ``FlexibleUNet`` with an EfficientNet-b3 encoder, random weights (the released
                                "Efficient-UNet" used ImageNet weights and scSE attention, which MONAI's decoder lacks).
   ``swin_unetr``               MONAI ``SwinUNETR`` in 2D: the nearest MONAI substitute for Swin-UNet (Cao et al.), which
@@ -37,6 +42,8 @@ from monai.networks.nets import AttentionUnet, FlexibleUNet, SwinUNETR, UNet
 from monai.utils import optional_import
 from torch import nn
 
+from usseg.networks.resnet_unet import ResNetUNet
+
 __all__ = [
     "SEGMENTERS",
     "build_segmenter",
@@ -47,7 +54,8 @@ __all__ = [
     "DualNetworkEnsemble",
 ]
 
-SEGMENTERS = ("unet", "attention_unet", "resnet18_unet", "efficientnet_b3_unet", "swin_unetr")
+SEGMENTERS = ("unet", "attention_unet", "resnet18_unet", "resnet_unet", "efficientnet_b3_unet", "swin_unetr")
+ENCODER_SEGMENTERS = ("resnet18_unet", "resnet_unet")  # the ones with a ResNet encoder that takes encoder_weights
 ENSEMBLE_MODES = ("net1", "net2", "ensemble")
 UNET_CHANNELS = (16, 32, 64, 128, 256)  # methods.md section 3.1
 
@@ -66,14 +74,16 @@ def build_segmenter(
         name: one of :data:`SEGMENTERS` (see the module docstring).
         num_classes: output channels, background included.
         in_channels: input channels (1 for grey B-mode).
-        dropout: dropout rate of the U-Net variants (MONAI applies one rate at every level).
+        dropout: dropout rate of the U-Net variants (MONAI applies one rate at every level; ``resnet_unet`` has no
+            dropout).
         encoder_weights: an ``encoder.pt`` file from ``usseg.networks.encoders.save_encoder`` (the Meta-USCL
-            bundle's export) loaded into the network's ResNet encoder; only ``resnet18_unet`` has one.
+            bundle's export) loaded into the network's ResNet encoder; only ``resnet18_unet`` (ResNet-18 at widths
+            64-512 only) and ``resnet_unet`` (any depth and widths, read from the file) have one.
         swin_feature_size: SwinUNETR embedding size (a multiple of 12).
 
     Returns:
         The network: input ``(B, in_channels, H, W)`` with H and W multiples of 16 (32 for ``swin_unetr`` and
-        ``resnet18_unet``), output ``(B, num_classes, H, W)`` logits.
+        ``resnet18_unet``; any size for ``resnet_unet``), output ``(B, num_classes, H, W)`` logits.
 
     Raises:
         ValueError: an unknown ``name``, ``num_classes < 2``, ``in_channels < 1``, dropout outside [0, 1), or
@@ -86,9 +96,9 @@ def build_segmenter(
         raise ValueError(f"num_classes must be >= 2 and in_channels >= 1, got {num_classes} and {in_channels}.")
     if not 0.0 <= float(dropout) < 1.0:
         raise ValueError(f"dropout must lie in [0, 1), got {dropout}.")
-    if encoder_weights is not None and name != "resnet18_unet":
+    if encoder_weights is not None and name not in ENCODER_SEGMENTERS:
         raise ValueError(
-            f"encoder_weights ({encoder_weights}) needs a network with a ResNet encoder ('resnet18_unet'), "
+            f"encoder_weights ({encoder_weights}) needs a network with a ResNet encoder {ENCODER_SEGMENTERS}, "
             f"got {name!r}."
         )
     network: nn.Module
@@ -113,6 +123,12 @@ def build_segmenter(
             strides=(2, 2, 2, 2),
             dropout=float(dropout),
         )
+    elif name == "resnet_unet":
+        if encoder_weights is not None:  # depth and widths are the file's: the file is loaded while building
+            return ResNetUNet.from_encoder_file(
+                encoder_weights, num_classes=int(num_classes), in_channels=int(in_channels)
+            )
+        network = ResNetUNet(int(num_classes), in_channels=int(in_channels), depth=18, widths=(32, 64, 128, 256))
     elif name in ("resnet18_unet", "efficientnet_b3_unet"):
         backbone = "resnet18" if name == "resnet18_unet" else "efficientnet-b3"
         network = FlexibleUNet(
@@ -131,14 +147,14 @@ def build_segmenter(
 
 
 def load_segmenter_encoder(network: nn.Module, path: str | os.PathLike, strict: bool = True) -> dict[str, Any]:
-    """Load an encoder file (``usseg.networks.encoders``) into the ResNet encoder of a ``FlexibleUNet``.
+    """Load an encoder file (``usseg.networks.encoders``) into the ResNet encoder of a ``FlexibleUNet`` or ResNetUNet.
 
     MONAI's ``FlexibleUNet`` ResNet encoder is a subclass of ``monai.networks.nets.ResNet`` with the same parameter
-    names (``conv1``, ``bn1``, ``layer1`` ... ``layer4``), so the file loads with
-    ``usseg.networks.encoders.load_encoder_weights``, which names missing, unexpected and mis-shaped keys.
+    names (``conv1``, ``bn1``, ``layer1`` ... ``layer4``), and a ResNetUNet's encoder is a usseg encoder, so the file
+    loads with ``usseg.networks.encoders.load_encoder_weights``, which names missing, unexpected and mis-shaped keys.
 
     Args:
-        network: a ``FlexibleUNet`` with a ResNet backbone.
+        network: a ``FlexibleUNet`` with a ResNet backbone, or a ``ResNetUNet``.
         path: the ``encoder.pt`` file.
         strict: refuse missing or unexpected keys.
 
@@ -151,8 +167,10 @@ def load_segmenter_encoder(network: nn.Module, path: str | os.PathLike, strict: 
     from usseg.networks.encoders import load_encoder_weights  # the shared encoder contract
 
     encoder = getattr(network, "encoder", None)
-    if not isinstance(network, FlexibleUNet) or not hasattr(encoder, "layer4"):
-        raise ValueError(f"{type(network).__name__} has no ResNet encoder to load {path} into; use 'resnet18_unet'.")
+    if not isinstance(network, (FlexibleUNet, ResNetUNet)) or not hasattr(encoder, "layer4"):
+        raise ValueError(
+            f"{type(network).__name__} has no ResNet encoder to load {path} into; use one of {ENCODER_SEGMENTERS}."
+        )
     return load_encoder_weights(encoder, path, strict=strict)
 
 
@@ -161,11 +179,14 @@ def bottleneck_module_name(network: nn.Module) -> str:
 
     MONAI ``UNet`` and ``AttentionUnet`` nest one ``submodule`` per level: the most deeply nested one is the
     bottleneck. ``FlexibleUNet`` has an ``encoder`` that returns its feature pyramid (the last item is the deepest).
-    ``SwinUNETR``'s ``encoder10`` processes the deepest Swin stage.
+    ``SwinUNETR``'s ``encoder10`` processes the deepest Swin stage. A ``ResNetUNet`` calls its encoder's stages one
+    by one (its ``encoder.forward`` never runs), so its bottleneck is ``encoder.layer4``.
 
     Raises:
         ValueError: none of these layouts is recognised (pass ``feature_module`` explicitly).
     """
+    if isinstance(network, ResNetUNet):
+        return "encoder.layer4"
     names = [name for name, _ in network.named_modules() if name.split(".")[-1] == "submodule"]
     if names:
         return max(names, key=lambda name: name.count("."))
