@@ -53,8 +53,9 @@ def test_train_logs_both_networks_and_saves_both_in_the_bundle_model(trained: tu
     for term in ("sup_loss_net1", "sup_loss_net2", "cross_loss_net1", "cross_loss_net2", "contrast_loss"):
         assert term in log
     assert "val_mean_dice_net1" in log and "val_mean_dice_net2" in log
-    best = torch.load(output_dir / "models" / "model.pt", map_location="cpu", weights_only=True)
-    assert {key.split(".")[0] for key in best} == {"net1", "net2"}
+    for selected in ("model.pt", "model_net1.pt", "model_net2.pt"):  # ensemble's, network 1's, network 2's best
+        best = torch.load(output_dir / "models" / selected, map_location="cpu", weights_only=True)
+        assert {key.split(".")[0] for key in best} == {"net1", "net2"}
     final = torch.load(output_dir / "models" / "model_final.pt", map_location="cpu", weights_only=True)
     assert {"model", "head1", "head2", "optimizer1", "optimizer2", "lr_scheduler1", "lr_scheduler2"} <= set(final)
     settings = json.loads((output_dir / "run_settings.json").read_text())
@@ -68,10 +69,10 @@ def test_train_logs_both_networks_and_saves_both_in_the_bundle_model(trained: tu
     assert not labeled & {item["image"] for item in datalist["unlabeled"]}
 
 
-def test_evaluate_reports_each_network_and_the_ensemble_for_both_checkpoints(trained: tuple[Path, str]) -> None:
+def test_evaluate_reports_each_network_and_the_ensemble_for_every_checkpoint(trained: tuple[Path, str]) -> None:
     output_dir, log = trained
     datalist = json.loads((output_dir / "datalist.json").read_text())
-    for checkpoint in ("final", "best"):
+    for checkpoint in ("final", "best", "best_net1", "best_net2"):
         for member in ("net1", "net2", "ensemble"):
             report = json.loads((output_dir / "eval" / f"{checkpoint}_{member}_metrics.json").read_text())
             metrics = report["metrics"]
