@@ -139,9 +139,11 @@ def report_row(output_dir: Path, checkpoint: str) -> dict[str, Any]:
         "dice_per_batch8_hermes": seg["dice_per_batch8"],
         "dice_pooled": seg["dice_pooled"],
         "iou_mean_per_image": seg["iou_mean_per_image"],
+        "iou_pooled": seg.get("iou_pooled"),  # .get: reports written before the metric existed lack it
         "hd95_mean_px": seg["hd95_mean"],
         "hd95_n_empty": seg["hd95_n_empty"],
         "accuracy": cls.get("accuracy"),
+        "accuracy_per_batch8_hermes": cls.get("accuracy_per_batch8"),
         "balanced_accuracy": cls.get("balanced_accuracy"),
         "auc": cls.get("auc"),
         "f1_malignant": cls.get("f1"),

@@ -29,17 +29,27 @@ segmentation maps into the classifier for the labeled images only, ``"all"`` for
 network. ``supervised_only=True`` is the SupOnly baseline: the same networks, labeled batches and supervised losses,
 without the unlabeled stream.
 
+Labeled stream (methods.md 1.4 and 1.8 item 12): by default every pass over the labeled loader is a fresh draw (new
+shuffle, new augmentation), as in :class:`~usseg.engines.trainers.SemiSupervisedTrainer`.
+``compat_cycle_cached_labeled=True`` reproduces the released ``zip(unlabeled, itertools.cycle(labeled))``: within one
+pass over the unlabeled set, the batches of the first labeled pass are stored and replayed (the same tensors, in the
+same order); the next unlabeled pass starts a fresh labeled pass (:class:`CycleCachedLoader`).
+
+:func:`input_normalization_stats` gives the per-channel mean and standard deviation of the configurable input
+normalisation (``none`` as released, or ImageNet's) that the bundle applies to every network input.
+
 - [0] Zhang et al., 2025, Hermes, https://arxiv.org/abs/2508.02265
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 import torch
 import torch.nn.functional as F
+from ignite.engine import Engine, Events
 from monai.engines import SupervisedEvaluator
 from monai.engines.utils import IterationEvents, default_prepare_batch
 from monai.utils import CommonKeys as Keys
@@ -48,16 +58,163 @@ from torch import nn
 from usseg.engines.pseudo_label import DualThreshold
 from usseg.engines.trainers import SemiSupervisedTrainer
 from usseg.engines.utils import plain_tensor, unpack_batch
-from usseg.errors import require_bool
+from usseg.errors import DatalistError, require_bool
 from usseg.losses.hermes import HermesSegmentationLoss, InterTaskConsistencyLoss, MaskedSoftDiceLoss
 from usseg.losses.pixel_contrast import PixelContrastLoss, pixel_contrast_labels
 from usseg.losses.supcon import SupConLoss
 from usseg.networks.hermes import gradient_saliency
 
-__all__ = ["HermesTrainer", "HermesEvaluator", "ITC_GRADIENTS", "IAS_VIEWS", "released_itc_ramp"]
+__all__ = [
+    "CycleCachedLoader",
+    "HermesTrainer",
+    "HermesEvaluator",
+    "IAS_VIEWS",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "ITC_GRADIENTS",
+    "NORMALIZATIONS",
+    "input_normalization_stats",
+    "released_itc_ramp",
+]
 
 ITC_GRADIENTS = ("both", "seg_only")
 IAS_VIEWS = ("labeled_only", "all")
+NORMALIZATIONS = ("none", "imagenet")
+IMAGENET_MEAN = (0.485, 0.456, 0.406)  # RGB, for images in [0, 1] (torchvision's ImageNet statistics)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def input_normalization_stats(mode: str, in_channels: int) -> tuple[list[float], list[float]] | None:
+    """Per-channel ``(mean, std)`` of the network-input normalisation ``(x - mean) / std``, or ``None`` for none.
+
+    ``"imagenet"`` gives ImageNet's RGB statistics for 3 channels. A 1-channel (grayscale) input gets the mean of
+    the three means and the mean of the three standard deviations (0.449 and 0.226): a gray image replicated on
+    three channels would otherwise be normalised differently per channel, which a 1-channel network cannot mirror.
+
+    Args:
+        mode: ``"none"`` (released: images stay in [0, 1]) or ``"imagenet"``.
+        in_channels: channels of the network input, 1 or 3.
+
+    Returns:
+        ``None`` for ``"none"``; else two lists of ``in_channels`` floats.
+
+    Raises:
+        ValueError: an unknown ``mode`` or ``in_channels`` other than 1 or 3 (the value is quoted).
+    """
+    if mode not in NORMALIZATIONS:
+        raise ValueError(f"normalization must be one of {NORMALIZATIONS}, got {mode!r}.")
+    if isinstance(in_channels, bool) or in_channels not in (1, 3):
+        raise ValueError(f"in_channels must be 1 (grayscale) or 3 (RGB), got {in_channels!r}.")
+    if mode == "none":
+        return None
+    if in_channels == 3:
+        return list(IMAGENET_MEAN), list(IMAGENET_STD)
+    return [sum(IMAGENET_MEAN) / 3], [sum(IMAGENET_STD) / 3]
+
+
+class CycleCachedLoader:
+    """A labeled stream that replays its first pass, as ``itertools.cycle`` does, until a new cycle starts.
+
+    The released Hermes loop is ``for unlabeled, labeled in zip(unlabeled_loader, cycle(labeled_loader))``, with a
+    new ``cycle`` per epoch (one pass over the unlabeled set). ``cycle`` stores the batches of its first pass and,
+    once the loader is exhausted, yields the stored batches again in the same order instead of drawing new ones.
+    This iterable does the same for an ignite engine: it is its own (endless) iterator; a cycle starts a fresh
+    pass over ``loader`` and stores its batches; when that pass ends the stored batches are replayed. A new cycle
+    starts on :meth:`restart`, on ``iter()`` (ignite calls it when it sets up the data), and by itself after
+    ``period`` batches (the number of batches of one unlabeled pass), so cycles line up with unlabeled passes.
+    If ``loader`` yields more than ``period`` batches, the cycle ends before any replay, as ``zip`` stops ``cycle``.
+
+    Args:
+        loader: the labeled loader (an iterable with a length, e.g. a ``DataLoader``).
+        period: batches served per cycle; ``None`` = cycles end only on :meth:`restart` / ``iter()``.
+        on_new_pass: called with no argument right before each fresh pass over ``loader`` (the trainer sets its
+            sampler's epoch there).
+
+    Raises:
+        TypeError: ``loader`` is not iterable, or ``on_new_pass`` is not callable.
+        ValueError: ``period`` is not a positive integer.
+        DatalistError: (when iterated) a fresh pass yields no batch.
+    """
+
+    def __init__(self, loader: Iterable, period: int | None = None, on_new_pass: Callable[[], Any] | None = None):
+        if not isinstance(loader, Iterable):
+            raise TypeError(f"loader must be iterable, got {type(loader).__name__}.")
+        if period is not None and (isinstance(period, bool) or int(period) != period or period < 1):
+            raise ValueError(f"period must be a positive integer or None, got {period!r}.")
+        if on_new_pass is not None and not callable(on_new_pass):
+            raise TypeError(f"on_new_pass must be callable or None, got {type(on_new_pass).__name__}.")
+        self.loader = loader
+        self.period = None if period is None else int(period)
+        self.on_new_pass = on_new_pass
+        self._cache: list[Any] = []
+        self._iterator: Iterator | None = None
+        self._replaying = False
+        self._served = 0  # batches served in the current cycle
+
+    # the attributes usseg's handlers and trainers read from a loader
+    def __len__(self) -> int:
+        return len(self.loader)  # type: ignore[arg-type]
+
+    @property
+    def dataset(self) -> Any:
+        """The wrapped loader's data set (``EpochSeedHandler`` seeds its transform)."""
+        return getattr(self.loader, "dataset", None)
+
+    @property
+    def sampler(self) -> Any:
+        """The wrapped loader's sampler."""
+        return getattr(self.loader, "sampler", None)
+
+    @property
+    def replaying(self) -> bool:
+        """Whether the current cycle is replaying stored batches."""
+        return self._replaying
+
+    def __iter__(self) -> CycleCachedLoader:
+        self.restart()
+        return self
+
+    def restart(self) -> None:
+        """End the current cycle: drop the stored batches; the next batch starts a fresh pass over ``loader``."""
+        self.close()
+        self._cache = []
+        self._replaying = False
+        self._served = 0
+
+    def close(self) -> None:
+        """Stop the pass in progress (and a ``ThreadDataLoader``'s prefetch thread); stored batches are kept."""
+        if hasattr(self._iterator, "close"):
+            self._iterator.close()
+        self._iterator = None
+
+    def __next__(self) -> Any:
+        if self.period is not None and self._served >= self.period:
+            self.restart()
+        batch = self._replayed() if self._replaying else self._drawn()
+        self._served += 1
+        return batch
+
+    def _replayed(self) -> Any:
+        # the first pass served len(cache) batches, so position `served` replays cache[served % len]
+        return self._cache[self._served % len(self._cache)]
+
+    def _drawn(self) -> Any:
+        if self._iterator is None:
+            if self.on_new_pass is not None:
+                self.on_new_pass()
+            self._iterator = iter(self.loader)
+        try:
+            batch = next(self._iterator)
+        except StopIteration:
+            self._iterator = None
+            if not self._cache:
+                raise DatalistError(
+                    "labeled data loader", "yielded no batch (empty labeled set, or drop_last with too few items)."
+                ) from None
+            self._replaying = True
+            return self._replayed()
+        self._cache.append(batch)
+        return batch
 
 
 def _unwrap(network: nn.Module) -> nn.Module:
@@ -119,10 +276,15 @@ class HermesTrainer(SemiSupervisedTrainer):
         class_key: batch key of the class index.
         compat_itc_ramp: use the released ITC ramp ``sigmoid_rampup(t // 100, 40)`` (methods.md 1.8 item 7).
         compat_pixel_contrast_int_mask: the released integer-subscript masking (methods.md 1.8 item 4).
+        compat_cycle_cached_labeled: replay the first labeled pass within each unlabeled pass, as the released
+            ``itertools.cycle`` (methods.md 1.8 item 12); the labeled loader is wrapped in a
+            :class:`CycleCachedLoader` whose cycle is one pass over the unlabeled loader (both need a length; with
+            ``supervised_only`` the unlabeled loader is not read but still sets the cycle length).
         kwargs: other :class:`SemiSupervisedTrainer` arguments (``precision``, ``channels_last``, handlers, ...).
 
     Raises:
-        ValueError: an unknown ``itc_gradient`` / ``ias_views`` or a negative weight (the value is quoted).
+        ValueError: an unknown ``itc_gradient`` / ``ias_views``, a negative weight (the value is quoted), or
+            ``compat_cycle_cached_labeled`` with a loader that has no length.
         TypeError: a flag that is not a bool (e.g. the string ``"false"`` from a command line).
     """
 
@@ -159,6 +321,7 @@ class HermesTrainer(SemiSupervisedTrainer):
         class_key: str = "class",
         compat_itc_ramp: bool = False,
         compat_pixel_contrast_int_mask: bool = False,
+        compat_cycle_cached_labeled: bool = False,
         epoch_length: int | None = None,
         prepare_batch: Callable = default_prepare_batch,
         **kwargs: Any,
@@ -169,6 +332,7 @@ class HermesTrainer(SemiSupervisedTrainer):
             "supervised_only": supervised_only,
             "compat_itc_ramp": compat_itc_ramp,
             "compat_pixel_contrast_int_mask": compat_pixel_contrast_int_mask,
+            "compat_cycle_cached_labeled": compat_cycle_cached_labeled,
         }
         require_bool(**flags)
         if itc_gradient not in ITC_GRADIENTS:
@@ -193,6 +357,18 @@ class HermesTrainer(SemiSupervisedTrainer):
         ):
             if int(value) != value or value < 0:
                 raise ValueError(f"{name} must be an integer >= 0, got {value!r}.")
+        labeled_cycle = None
+        if compat_cycle_cached_labeled:
+            for name, loader in (("labeled", train_data_loader), ("unlabeled", unlabeled_data_loader)):
+                if not hasattr(loader, "__len__"):
+                    raise ValueError(
+                        f"compat_cycle_cached_labeled needs a {name} loader with a length (a cycle is one unlabeled "
+                        f"pass), got {type(loader).__name__}."
+                    )
+            # same length as the loader it wraps, so the base class derives the same epoch length; an empty
+            # unlabeled loader (period 0) is left for the base class to report as a datalist problem
+            labeled_cycle = CycleCachedLoader(train_data_loader, period=max(len(unlabeled_data_loader), 1))
+            train_data_loader = labeled_cycle
         seg_pseudo_label = DualThreshold(combine="or") if seg_pseudo_label is None else seg_pseudo_label
         if kwargs.get("channels_last"):
             cls_network = cls_network.to(memory_format=torch.channels_last)
@@ -228,6 +404,11 @@ class HermesTrainer(SemiSupervisedTrainer):
         self.class_key = class_key
         self.compat_itc_ramp = bool(compat_itc_ramp)
         self.compat_pixel_contrast_int_mask = bool(compat_pixel_contrast_int_mask)
+        self.labeled_cycle = labeled_cycle
+        if labeled_cycle is not None:
+            labeled_cycle.on_new_pass = self._start_cached_labeled_pass
+            # the unlabeled stream starts a new pass at every epoch start (base class): so does the labeled cycle
+            self.add_event_handler(Events.EPOCH_STARTED, self._restart_labeled_cycle)
         for policy in (self.cls_pseudo_label, self.seg_pseudo_label, self.pixel_contrast_loss):
             if isinstance(policy, nn.Module):
                 policy.to(self.state.device)
@@ -243,6 +424,15 @@ class HermesTrainer(SemiSupervisedTrainer):
     def optimizers(self) -> list[torch.optim.Optimizer]:
         """The segmentation and the classification optimizer, stepped after one joint backward."""
         return [self.optimizer, self.cls_optimizer]
+
+    def _start_cached_labeled_pass(self) -> None:
+        # the wrapped loader never runs out for ignite, so the base class's reshuffle on DATALOADER_STOP_ITERATION
+        # never fires: each fresh labeled pass sets the sampler epoch here (a DistributedSampler reshuffles)
+        self._set_sampler_epoch(self.labeled_cycle.loader, self._pass_seed(self._labeled_passes))
+        self._labeled_passes += 1
+
+    def _restart_labeled_cycle(self, engine: Engine) -> None:
+        self.labeled_cycle.restart()
 
     def itc_weight_at(self, step: int) -> float:
         """The ITC weight at 0-based iteration ``step``."""

@@ -146,7 +146,7 @@ class SegmentationReportHandler:
         empty: ``"one"`` or ``"nan"``, the score of a class absent from both masks (``usseg.metrics.segmentation``).
         spacing: pixel size for HD95: ``None`` (pixels), a number, a ``(row, column)`` pair, or ``"meta"`` to read
             each item's spacing from the affine of its label (or image) ``MetaTensor``.
-        batch_size: the batch of the per-batch Dice (8: Hermes).
+        batch_size: the batch of the per-batch Dice and per-batch accuracy (8: Hermes).
         case_key: item key holding a case identifier.
 
     Raises:
@@ -353,6 +353,7 @@ class SegmentationReportHandler:
                 np.stack([r["cls_prob"] for r in records]),
                 np.asarray([r["cls_label"] for r in records]),
                 class_names=self.cls_class_names,
+                batch_size=self.batch_size,
             )
         published = dict(summary)
         if classification is not None:

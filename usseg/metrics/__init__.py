@@ -3,7 +3,12 @@
 
 from __future__ import annotations
 
-from usseg.metrics.classification import classification_metrics, confusion_matrix, one_vs_rest_auc
+from usseg.metrics.classification import (
+    classification_metrics,
+    confusion_matrix,
+    one_vs_rest_auc,
+    per_batch_accuracy,
+)
 from usseg.metrics.report import (
     GROUND_TRUTH_COLOR,
     PREDICTION_COLOR,
@@ -26,6 +31,7 @@ from usseg.metrics.segmentation import (
     nan_mean,
     per_batch_dice,
     pooled_dice,
+    pooled_iou,
     segmentation_metrics,
     to_label_maps,
 )
@@ -47,9 +53,11 @@ __all__ = [
     "nan_mean",
     "one_vs_rest_auc",
     "overlay_rgb",
+    "per_batch_accuracy",
     "per_batch_dice",
     "plot_training_curves",
     "pooled_dice",
+    "pooled_iou",
     "save_overlay_montage",
     "segmentation_metrics",
     "to_json_compatible",

@@ -13,6 +13,13 @@ never a silent 0:
   negative example); the macro AUC averages the defined values and is NaN when none is.
 
 Ties in the scores count one half in the AUC (the Mann-Whitney statistic), as in MONAI and scikit-learn.
+
+Accuracy comes under two definitions:
+
+- ``accuracy``: correct samples / all samples (per-sample);
+- ``accuracy_per_batch8``: the top-1 accuracy of each consecutive evaluation batch of 8 samples, averaged over the
+  batches, a short last batch weighing as much as a full one (the released Hermes evaluation loop). Samples are
+  taken in the order given, which must be the evaluation order; the number in the key follows ``batch_size``.
 """
 
 from __future__ import annotations
@@ -28,7 +35,7 @@ from monai.metrics import compute_roc_auc
 
 from usseg.metrics.segmentation import nan_mean
 
-__all__ = ["classification_metrics", "confusion_matrix", "one_vs_rest_auc"]
+__all__ = ["classification_metrics", "confusion_matrix", "one_vs_rest_auc", "per_batch_accuracy"]
 
 
 def _to_numpy(x: Any, name: str) -> np.ndarray:
@@ -91,6 +98,39 @@ def confusion_matrix(labels: Any, predictions: Any, num_classes: int) -> np.ndar
     return np.bincount(y * num_classes + p, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
 
 
+def _check_batch_size(batch_size: int) -> int:
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}.")
+    return int(batch_size)
+
+
+def _per_batch_accuracy(correct: np.ndarray, batch_size: int) -> float:
+    batch_means = [float(correct[i : i + batch_size].mean()) for i in range(0, len(correct), batch_size)]
+    return float(np.mean(batch_means))
+
+
+def per_batch_accuracy(probs: Any, labels: Any, batch_size: int = 8) -> float:
+    """Hermes' accuracy: top-1 accuracy of consecutive batches of ``batch_size`` samples, averaged over batches.
+
+    The samples are taken in the given order, as an unshuffled evaluation loader yields them; a short last batch
+    weighs as much as a full one, as in the released Hermes evaluation loop (its test loader keeps the last batch).
+
+    Args:
+        probs: class probabilities (or scores) ``(N, C)``, or ``(N,)`` for P(class 1) of a binary task.
+        labels: true class indices ``(N,)``, or one-hot ``(N, C)``.
+        batch_size: samples per evaluation batch (Hermes: 8).
+
+    Returns:
+        The mean over batches of the batch accuracy.
+
+    Raises:
+        ValueError: inputs as :func:`classification_metrics` refuses them, or a ``batch_size`` below 1.
+    """
+    size = _check_batch_size(batch_size)
+    p, y = _prepare(probs, labels)
+    return _per_batch_accuracy(p.argmax(axis=1) == y, size)
+
+
 def one_vs_rest_auc(probs: Any, labels: Any) -> np.ndarray:
     """ROC AUC of every class against the rest; NaN for a class without positive or without negative examples.
 
@@ -111,25 +151,31 @@ def one_vs_rest_auc(probs: Any, labels: Any) -> np.ndarray:
     return aucs
 
 
-def classification_metrics(probs: Any, labels: Any, class_names: Sequence[str] | None = None) -> dict[str, Any]:
-    """Accuracy, balanced accuracy, AUC, F1, per-class precision / recall and the confusion matrix.
+def classification_metrics(
+    probs: Any, labels: Any, class_names: Sequence[str] | None = None, batch_size: int = 8
+) -> dict[str, Any]:
+    """Accuracy (per sample and per batch), balanced accuracy, AUC, F1, per-class precision / recall, confusion matrix.
 
     Args:
         probs: class probabilities (or any scores whose arg-max is the prediction) ``(N, C)``; ``(N,)`` or
-            ``(N, 1)`` is read as P(class 1) of a binary task.
+            ``(N, 1)`` is read as P(class 1) of a binary task. Rows in evaluation order (the per-batch accuracy
+            follows it).
         labels: true class indices ``(N,)``, or one-hot ``(N, C)``.
         class_names: one name per class; defaults to ``class0, class1, ...``.
+        batch_size: the evaluation batch of ``accuracy_per_batch<batch_size>`` (8: Hermes).
 
     Returns:
-        A dictionary with scalar entries ``accuracy``, ``balanced_accuracy``, ``auc`` (binary: ROC AUC of class 1;
+        A dictionary with scalar entries ``accuracy`` (per sample), ``accuracy_per_batch8`` (mean of the per-batch
+        accuracies; the number follows ``batch_size``), ``balanced_accuracy``, ``auc`` (binary: ROC AUC of class 1;
         multi-class: macro one-vs-rest), ``f1`` (binary only: F1 of class 1), ``f1_macro``, ``n_samples``, and per
         class ``precision/<name>``, ``recall/<name>``, ``f1/<name>``, ``auc/<name>``; plus ``confusion_matrix``
         (nested lists, rows = truth) and ``class_names``. Undefined values are NaN (module doc).
 
     Raises:
-        ValueError: shapes that do not match, non-finite probabilities, labels outside ``[0, C)``, or
-            ``class_names`` of the wrong length.
+        ValueError: shapes that do not match, non-finite probabilities, labels outside ``[0, C)``,
+            ``class_names`` of the wrong length, or a ``batch_size`` below 1.
     """
+    size = _check_batch_size(batch_size)
     p, y = _prepare(probs, labels)
     num_classes = p.shape[1]
     if class_names is None:
@@ -151,6 +197,7 @@ def classification_metrics(probs: Any, labels: Any, class_names: Sequence[str] |
 
     metrics: dict[str, Any] = {
         "accuracy": float(tp.sum() / len(y)),
+        f"accuracy_per_batch{size}": _per_batch_accuracy(predictions == y, size),
         "balanced_accuracy": nan_mean(recall),
         "auc": float(aucs[1]) if num_classes == 2 else nan_mean(aucs),
     }

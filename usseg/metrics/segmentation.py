@@ -9,6 +9,8 @@ Papers disagree on what "Dice" means, so every aggregate here carries its defini
 - ``dice_per_batch8``: pooled within consecutive evaluation batches of 8 images and averaged over batches, a short
   last batch weighing as much as a full one (the Hermes evaluation loop).
 - ``iou_mean_per_image``: as ``dice_mean_per_image`` for the Jaccard index.
+- ``iou_pooled``: TP / (TP + FP + FN) with the counts summed over the whole set, one IoU per class, averaged over
+  classes (the Hermes ``evaluate_iou``).
 - ``hd95_mean``: the 95th-percentile symmetric Hausdorff distance, averaged over the (image, class) pairs where both
   masks are non-empty; ``hd95_n_empty`` counts the pairs left out.
 
@@ -53,6 +55,7 @@ __all__ = [
     "nan_mean",
     "per_batch_dice",
     "pooled_dice",
+    "pooled_iou",
     "segmentation_metrics",
     "to_label_maps",
 ]
@@ -67,6 +70,7 @@ METRIC_DEFINITIONS: dict[str, str] = {
         "a short last batch weighs as much as a full one (Hermes)."
     ),
     "iou_mean_per_image": "IoU per image (mean over evaluated classes), averaged over images.",
+    "iou_pooled": "IoU TP/(TP+FP+FN) from counts pooled over all images, per class, averaged over classes (Hermes).",
     "hd95_mean": (
         "Symmetric 95th-percentile Hausdorff distance of mask boundaries, averaged over (image, class) pairs where "
         "both masks are non-empty; in pixels, or in spacing units when a spacing is given."
@@ -263,6 +267,15 @@ def _dice_from_counts(counts: np.ndarray, empty: str) -> np.ndarray:
     return dice
 
 
+def _iou_from_counts(counts: np.ndarray, empty: str) -> np.ndarray:
+    """IoU per class from ``[..., C', 3]`` counts, with the empty policy for a 0 / 0 class."""
+    tp, fp, fn = (counts[..., k].astype(np.float64) for k in range(3))
+    denominator = tp + fp + fn
+    with np.errstate(invalid="ignore", divide="ignore"):
+        iou = np.where(denominator > 0, tp / denominator, 1.0 if empty == "one" else math.nan)
+    return iou
+
+
 def _per_batch(counts: np.ndarray, batch_size: int, empty: str) -> tuple[float, np.ndarray]:
     """Hermes-style batch-pooled Dice: overall value and per-class values ``(C',)``."""
     batch_class = np.stack(
@@ -377,6 +390,7 @@ def evaluate_segmentation(
     dice, iou, counts = _per_image_overlap(preds, targets, num_classes, include_background, empty)
     hd95 = _per_image_hd95(preds, targets, classes, spacings)
     pooled_per_class = _dice_from_counts(counts.sum(axis=0), empty)
+    pooled_iou_per_class = _iou_from_counts(counts.sum(axis=0), empty)
     batch_value, batch_per_class = _per_batch(counts, batch_size, empty)
     batch_key = f"dice_per_batch{batch_size}"
 
@@ -385,6 +399,7 @@ def evaluate_segmentation(
         "dice_pooled": nan_mean(pooled_per_class),
         batch_key: batch_value,
         "iou_mean_per_image": nan_mean([nan_mean(row) for row in iou]),
+        "iou_pooled": nan_mean(pooled_iou_per_class),
         "hd95_mean": nan_mean(hd95),
         "hd95_n_empty": int(np.isnan(hd95).sum()),
         "n_images": len(preds),
@@ -395,6 +410,7 @@ def evaluate_segmentation(
             summary[f"dice_pooled/{name}"] = float(pooled_per_class[j])
             summary[f"{batch_key}/{name}"] = float(batch_per_class[j])
             summary[f"iou_mean_per_image/{name}"] = nan_mean(iou[:, j])
+            summary[f"iou_pooled/{name}"] = float(pooled_iou_per_class[j])
             summary[f"hd95_mean/{name}"] = nan_mean(hd95[:, j])
             summary[f"hd95_n_empty/{name}"] = int(np.isnan(hd95[:, j]).sum())
     return SegmentationEvaluation(
@@ -415,8 +431,8 @@ def segmentation_metrics(
     """All segmentation figures under explicit names.
 
     Keys: ``dice_mean_per_image``, ``dice_pooled``, ``dice_per_batch8`` (the number follows ``batch_size``),
-    ``iou_mean_per_image``, ``hd95_mean``, ``hd95_n_empty`` and ``n_images``. When more than one class is scored
-    (``num_classes > 2`` or ``include_background``) each of the first six also appears per class as
+    ``iou_mean_per_image``, ``iou_pooled``, ``hd95_mean``, ``hd95_n_empty`` and ``n_images``. When more than one
+    class is scored (``num_classes > 2`` or ``include_background``) each of the first seven also appears per class as
     ``"<key>/<class name>"``. :data:`METRIC_DEFINITIONS` describes every key.
 
     Args: as :func:`evaluate_segmentation`.
@@ -515,6 +531,22 @@ def per_batch_dice(
     preds, targets = _prepare(pred, target, num_classes)
     counts = _per_image_overlap(preds, targets, num_classes, include_background, empty)[2]
     return _per_batch(counts, batch_size, empty)[0]
+
+
+def pooled_iou(
+    pred: ArrayLike, target: ArrayLike, num_classes: int = 2, include_background: bool = False, empty: str = "one"
+) -> float:
+    """IoU from TP / FP / FN pooled over the whole set, per class, averaged over classes (Hermes ``evaluate_iou``).
+
+    Args: as :func:`dice_per_image`; ``empty`` applies to a class absent from every image.
+
+    Returns:
+        The pooled IoU ``TP / (TP + FP + FN)`` (mean over evaluated classes).
+    """
+    _check_common(num_classes, empty)
+    preds, targets = _prepare(pred, target, num_classes)
+    counts = _per_image_overlap(preds, targets, num_classes, include_background, empty)[2]
+    return nan_mean(_iou_from_counts(counts.sum(axis=0), empty))
 
 
 def iou_per_image(
