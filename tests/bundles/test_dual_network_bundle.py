@@ -72,7 +72,7 @@ def test_train_logs_both_networks_and_saves_both_in_the_bundle_model(trained: tu
 def test_evaluate_reports_each_network_and_the_ensemble_for_every_checkpoint(trained: tuple[Path, str]) -> None:
     output_dir, log = trained
     datalist = json.loads((output_dir / "datalist.json").read_text())
-    for checkpoint in ("final", "best", "best_net1", "best_net2"):
+    for checkpoint in ("final", "best", "net1_best", "net2_best"):
         for member in ("net1", "net2", "ensemble"):
             report = json.loads((output_dir / "eval" / f"{checkpoint}_{member}_metrics.json").read_text())
             metrics = report["metrics"]

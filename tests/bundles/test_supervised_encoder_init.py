@@ -43,7 +43,7 @@ TINY = [
 def test_encoder_weights_start_training_and_inference_rebuilds_the_network(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    torch.manual_seed(0)
+    torch.manual_seed(123)  # not the bundle's seed 0: an ignored file would then leave different weights
     encoder = build_resnet_encoder(18, in_channels=1, widths=(8, 16, 32, 64))
     weights, _ = save_encoder(encoder, tmp_path / "pretrained" / "encoder.pt")
     run_bundle(CONFIGS, tmp_path, ["train.yaml"], *TINY, "--learning_rate", "0.0", "--encoder_weights", str(weights))

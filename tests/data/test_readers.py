@@ -965,6 +965,11 @@ def test_downscale_averages_areas_and_leaves_small_frames_alone():
     assert downscale_frames(frames, 8) is frames
 
 
+def test_downscale_refuses_frames_that_are_not_uint8():
+    with pytest.raises(TypeError, match="uint16"):
+        downscale_frames(np.zeros((1, 64, 64), np.uint16), 16)
+
+
 def test_cache_with_max_side_stores_downscaled_frames(tmp_path, count_decodes):
     path = write_video(tmp_path / "clip.mp4")
     cache = VideoFrameCache(max_side=32)

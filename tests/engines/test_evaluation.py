@@ -166,6 +166,16 @@ def test_evaluate_checkpoints_gives_each_checkpoint_its_own_metrics_and_prefix(t
     assert torch.equal(network.bias.detach(), torch.tensor([1.0, 0.0]))
 
 
+def test_checkpoint_names_that_prefix_each_other_keep_their_own_entries(tmp_path: Path) -> None:
+    network = _conv()
+    handler = _PrefixRecorder()
+    evaluator = _evaluator(network, handler)
+    state = _save(_constant_class_state(0), tmp_path / "model.pt")
+    results = evaluate_checkpoints(evaluator, network, {"best": state, "best_net1": state}, report_handler=handler)
+    assert results["best"] == {"val_dice": pytest.approx(0.0), "best_marker": 1}
+    assert results["best_net1"] == {"val_dice": pytest.approx(0.0), "best_net1_marker": 2}
+
+
 def test_evaluate_checkpoints_without_report_handler(tmp_path: Path) -> None:
     network = _conv()
     handler = _PrefixRecorder()

@@ -1039,7 +1039,12 @@ def downscale_frames(frames: np.ndarray, max_side: int) -> np.ndarray:
     Returns:
         ``frames`` itself when ``max(H, W) <= max_side``; otherwise a new uint8 array
         ``(T, round(H * s), round(W * s)[, 3])`` with ``s = max_side / max(H, W)`` (each side at least 1).
+
+    Raises:
+        TypeError: ``frames`` is not uint8 (every frame reader returns uint8).
     """
+    if frames.dtype != np.uint8:
+        raise TypeError(f"frames must be uint8, got {frames.dtype}.")
     height, width = frames.shape[1:3]
     if max(height, width) <= max_side:
         return frames

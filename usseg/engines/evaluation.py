@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 import torch
 from monai.engines import Evaluator
@@ -60,7 +60,13 @@ def evaluate_checkpoints(
             report_handler.prefix = f"{name}_"
         evaluator.run()
         # the evaluator keeps earlier runs' prefixed entries: report only this checkpoint's and the key metric
-        others = tuple(f"{other}_" for other in checkpoints if other != name)
-        results[name] = {k: v for k, v in evaluator.state.metrics.items() if not k.startswith(others)}
+        results[name] = {k: v for k, v in evaluator.state.metrics.items() if _belongs_to(k, name, checkpoints)}
         logger.info("checkpoint %s (%s): %s", name, path, results[name])
     return results
+
+
+def _belongs_to(key: str, name: str, checkpoints: Iterable[str]) -> bool:
+    """Whether a metric key is not another checkpoint's prefixed entry (the longest matching prefix wins, so
+    checkpoints named ``best`` and ``best_net1`` keep their entries apart)."""
+    matches = [other for other in checkpoints if key.startswith(f"{other}_")]
+    return not matches or max(matches, key=len) == name

@@ -124,7 +124,7 @@ class SegmentationReportHandler:
     ``filename_or_obj`` of the image (or label) metadata, else ``item<k>``. State is cleared at ``EPOCH_STARTED``.
     Under ``torch.distributed`` every rank's items are gathered first, so every rank holds the same metrics and
     only ``save_rank`` writes: attach the handler on every rank. The gathered items are in rank-major order, which
-    matters only for the per-batch Dice (its batches follow the item order).
+    matters only for the per-batch Dice and accuracy (their batches follow the item order).
 
     Args:
         output_dir: folder of the report files; created on first write.
