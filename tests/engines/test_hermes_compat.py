@@ -1,6 +1,7 @@
 # Copyright (c) usseg contributors. Licensed under the Apache License, Version 2.0.
 """Hermes data-pipeline switches: the released ``itertools.cycle`` replay of labeled batches
-(``compat_cycle_cached_labeled``) and the input normalisation / channel count of the bundle configs."""
+(``compat_cycle_cached_labeled``), and the input normalisation that the bundle configs hand to the networks, whose
+checkpoints then carry it to the zoo loader."""
 
 from __future__ import annotations
 
@@ -14,14 +15,13 @@ from ignite.engine import Events
 from monai.bundle import ConfigParser
 from monai.data import Dataset, ThreadDataLoader
 from monai.transforms import RandGaussianNoised
-from PIL import Image
 from torch.utils.data import DataLoader
 
 from usseg.bundles import bundle_root
-from usseg.engines.hermes import CycleCachedLoader, HermesTrainer, input_normalization_stats
+from usseg.engines.hermes import CycleCachedLoader, HermesTrainer
 from usseg.errors import DatalistError
 from usseg.handlers import EpochSeedHandler
-from usseg.networks.hermes import HermesClassificationNet, HermesSegmentationNet
+from usseg.networks.hermes import HermesClassificationNet, HermesSegmentationNet, input_normalization_stats
 
 CONFIGS = Path(bundle_root("breast_us_hermes_classification_segmentation")) / "configs"
 SIZE = 32
@@ -228,6 +228,11 @@ def test_the_bundle_wires_the_compat_switch_to_the_trainer() -> None:
 
 
 # ------------------------------------------------------------------------------------ input normalisation
+# The normalisation is the networks' first step, with its statistics in the state dict; these tests use the bundle
+# configs (the wiring) and the zoo loader (the defect: a checkpoint loaded without the setting predicted on [0, 1]).
+
+IMAGENET_MEAN = np.array([0.485, 0.456, 0.406])
+IMAGENET_STD = np.array([0.229, 0.224, 0.225])
 
 
 def test_normalization_statistics() -> None:
@@ -242,71 +247,70 @@ def test_normalization_statistics() -> None:
         input_normalization_stats("imagenet", 2)
 
 
-def _png(path: Path, seed: int, mask: bool = False) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    array = (rng.random((SIZE, SIZE)) > 0.7).astype(np.uint8) * 255 if mask else rng.integers(0, 256, (SIZE, SIZE))
-    Image.fromarray(array.astype(np.uint8)).save(path)
-    return array.astype(np.float64)
+def test_the_engines_module_no_longer_carries_the_normalisation() -> None:
+    import usseg.engines.hermes as engines_hermes
+
+    stale = {"input_normalization_stats", "IMAGENET_MEAN", "IMAGENET_STD", "NORMALIZATIONS"}
+    assert not stale & set(engines_hermes.__all__) and not any(hasattr(engines_hermes, name) for name in stale)
 
 
-def _expected(raw: np.ndarray, channels: int) -> np.ndarray:
-    """The normalised input computed independently from the file's pixels (no resize: the size already matches)."""
-    mean = np.array([0.485, 0.456, 0.406])
-    std = np.array([0.229, 0.224, 0.225])
-    if channels == 1:
-        mean, std = mean.mean(keepdims=True), std.mean(keepdims=True)
-    return (raw[None] / 255.0 - mean[:, None, None]) / std[:, None, None]
-
-
-@pytest.mark.parametrize("channels", [1, 3])
-def test_inference_feeds_the_network_the_imagenet_normalised_image(tmp_path: Path, channels: int) -> None:
-    raw = _png(tmp_path / "scan.png", seed=0)
+def _tiny_training(tmp_path: Path, normalization: str) -> tuple[ConfigParser, dict[str, list[torch.Tensor]]]:
+    """One iteration of train.yaml on a 16-image phantom, in this process (about 2 s); returns the parser and the
+    batches the networks received: ``train`` (labeled images, weak and strong views) and ``validation``."""
     parser = ConfigParser()
-    parser.read_config(str(CONFIGS / "inference.yaml"))
+    parser.read_config(str(CONFIGS / "train.yaml"))
     overrides = {
-        "normalization": "imagenet",
-        "in_channels": channels,
-        "spatial_size": [SIZE, SIZE],
-        "encoder_widths": [8, 8, 16, 16],
-        "input_dir": str(tmp_path),
-        "predictions_dir": str(tmp_path / "predictions"),
         "output_dir": str(tmp_path / "outputs"),
+        "normalization": normalization,
+        "max_epochs": 1,
+        "iterations_per_epoch": 1,
+        "batch_size": 2,
+        "num_phantom_images": 16,
+        "phantom_size": 64,
+        "spatial_size": [SIZE, SIZE],
         "device": "$torch.device('cpu')",
-        "handlers#0#_disabled_": True,  # no trained checkpoint: random weights suffice to see the input
     }
     for key, value in overrides.items():
         parser[key] = value
-    received: list[torch.Tensor] = []
+    trainer = parser.get_parsed_content("train#trainer")
+    received: dict[str, list[torch.Tensor]] = {"train": [], "validation": []}
     network = parser.get_parsed_content("network")
-    network.segmentation.register_forward_pre_hook(lambda module, args: received.append(args[0].detach().clone()))
-    parser.get_parsed_content("evaluator").run()
-    assert received, "the network was never called"
-    image = received[0]
-    assert image.shape == (1, channels, SIZE, SIZE)
-    np.testing.assert_allclose(image[0].numpy(), _expected(raw, channels), atol=1e-5)
-    assert (tmp_path / "predictions" / "class_probabilities.csv").is_file()
+    # the trainer calls the segmentation network, the evaluator the inference model that holds it
+    network.segmentation.register_forward_pre_hook(lambda m, args: received["train"].append(args[0].detach().clone()))
+    network.register_forward_pre_hook(lambda m, args: received["validation"].append(args[0].detach().clone()))
+    trainer.run()
+    return parser, received
 
 
-def test_training_and_validation_inputs_are_normalised_after_augmentation(tmp_path: Path) -> None:
-    item = {"image": str(tmp_path / "a.png"), "label": str(tmp_path / "a_mask.png")}
-    raw = _png(tmp_path / "a.png", seed=1)
-    _png(tmp_path / "a_mask.png", seed=2, mask=True)
-    outputs = {}
-    for mode in ("none", "imagenet"):
-        parser = ConfigParser()
-        parser.read_config(str(CONFIGS / "train.yaml"))
-        parser["normalization"] = mode
-        parser["spatial_size"] = [SIZE, SIZE]
-        labeled = parser.get_parsed_content("train#preprocessing").set_random_state(seed=7)
-        unlabeled = parser.get_parsed_content("train#unlabeled_dataset#transform").set_random_state(seed=7)
-        validation = parser.get_parsed_content("validate#preprocessing")
-        outputs[mode] = (labeled(dict(item)), unlabeled({"image": item["image"]}), validation(dict(item)))
-    mean, std = (0.485 + 0.456 + 0.406) / 3, (0.229 + 0.224 + 0.225) / 3
-    (plain_l, plain_u, _), (norm_l, norm_u, norm_v) = outputs["none"], outputs["imagenet"]
-    # the same augmentation draw with and without normalisation: normalised = (plain - mean) / std, pixel by pixel
-    torch.testing.assert_close(norm_l["image"].as_tensor(), (plain_l["image"].as_tensor() - mean) / std)
-    torch.testing.assert_close(norm_l["label"].as_tensor(), plain_l["label"].as_tensor())  # masks untouched
-    for view in ("image_weak", "image_strong"):
-        torch.testing.assert_close(norm_u[view].as_tensor(), (plain_u[view].as_tensor() - mean) / std)
-    np.testing.assert_allclose(norm_v["image"].numpy(), _expected(raw, 1), atol=1e-5)
-    assert float(plain_l["image"].min()) >= 0.0 and float(plain_l["image"].max()) <= 1.0  # released: [0, 1] only
+def test_a_checkpoint_normalises_as_trained_whatever_the_loading_config_says(tmp_path: Path) -> None:
+    """The defect's regression test: train with imagenet, load through the zoo with the shipped inference.yaml
+    (which has no normalisation setting) and get exactly the trained model's outputs."""
+    from usseg import zoo
+
+    parser, received = _tiny_training(tmp_path, "imagenet")
+    # the data pipelines no longer normalise: every network input, training and validation, is in [0, 1]
+    assert received["train"] and received["validation"]
+    for batch in received["train"] + received["validation"]:
+        assert float(batch.min()) >= 0.0 and float(batch.max()) <= 1.0
+    assert received["train"][0].shape[0] == 3 * 2  # labeled, weak and strong views all went through
+    trained = parser.get_parsed_content("network").eval()
+    mean, std = IMAGENET_MEAN.mean(), IMAGENET_STD.mean()  # 1 channel: the mean of the three statistics
+    for net in (trained.segmentation, trained.classification):  # train.yaml passes the setting to both networks
+        np.testing.assert_allclose(net.input_normalization.mean.flatten().numpy(), [mean], rtol=1e-6)
+        np.testing.assert_allclose(net.input_normalization.std.flatten().numpy(), [std], rtol=1e-6)
+
+    inference = ConfigParser()
+    inference.read_config(str(CONFIGS / "inference.yaml"))
+    assert "normalization" not in inference.config  # nothing to repeat by hand any more
+    loaded = zoo.load_network(
+        bundle_root("breast_us_hermes_classification_segmentation"), tmp_path / "outputs" / "models" / "model.pt"
+    )
+    x = torch.rand(2, 1, SIZE, SIZE, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        reference = trained(x), trained.classify(x)
+        assert torch.equal(loaded(x), reference[0]) and torch.equal(loaded.classify(x), reference[1])
+        # the buffers are what makes it right: the same weights with identity statistics predict otherwise
+        for net in (loaded.segmentation, loaded.classification):
+            net.input_normalization.mean.zero_()
+            net.input_normalization.std.fill_(1.0)
+        assert not torch.allclose(loaded(x), reference[0])

@@ -1,5 +1,6 @@
 # Copyright (c) usseg contributors. Licensed under the Apache License, Version 2.0.
-"""Hermes networks: shapes, IAS gating and gradients, the saliency bridge, encoder files, TorchScript."""
+"""Hermes networks: shapes, IAS gating and gradients, the saliency bridge, encoder files, TorchScript, and the
+input normalisation whose statistics travel in the state dict."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from usseg.networks.hermes import (
     HermesClassificationNet,
     HermesInferenceModel,
     HermesSegmentationNet,
+    InputNormalization,
     gradient_saliency,
 )
 
@@ -132,6 +134,127 @@ def test_encoders_load_from_an_encoder_file(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="mis-shaped") as raised:
         HermesClassificationNet(depth=10, widths=(16, 16, 16, 32), encoder_weights=weights)
     assert str(weights) in str(raised.value)
+
+
+# ------------------------------------------------------------------------------------ input normalisation
+
+# ImageNet statistics typed in independently of the package; 1 channel uses their means
+IMAGENET = {3: ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225]), 1: ([0.449], [0.226])}
+
+
+def normalising_model(channels: int, normalization: str = "imagenet", saliency: bool = False) -> HermesInferenceModel:
+    torch.manual_seed(0)  # the normalisation draws no random number: the same seed gives the same weights
+    seg = HermesSegmentationNet(channels, saliency=saliency, normalization=normalization, **SMALL)
+    cls = HermesClassificationNet(
+        channels, ias=True, seg_channels=seg.ias_channels, normalization=normalization, **SMALL
+    )
+    return HermesInferenceModel(seg, cls, ias_at_eval=True).eval()
+
+
+def by_hand(x: torch.Tensor, channels: int) -> torch.Tensor:
+    mean, std = (torch.tensor(v, dtype=torch.float64).view(1, channels, 1, 1) for v in IMAGENET[channels])
+    return ((x.double() - mean) / std).float()
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_a_normalising_network_is_the_identity_network_on_the_normalised_image(channels: int) -> None:
+    normalising = normalising_model(channels)
+    plain = normalising_model(channels, "none")
+    plain_state, normalising_state = plain.state_dict(), normalising.state_dict()
+    assert plain_state.keys() == normalising_state.keys()  # same keys: only the buffers' values differ
+    for name, value in plain_state.items():
+        if "input_normalization" not in name:
+            assert torch.equal(value, normalising_state[name]), name
+    x = torch.rand(2, channels, 32, 32, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        torch.testing.assert_close(normalising(x), plain(by_hand(x, channels)), rtol=1e-5, atol=1e-5)
+        # the classifier normalises its own input, IAS maps included (ias_at_eval), and nothing twice
+        torch.testing.assert_close(normalising.classify(x), plain.classify(by_hand(x, channels)), rtol=1e-5, atol=1e-5)
+        # training's full forward passes of both networks as well
+        for out, ref in zip(normalising.segmentation(x)[:3], plain.segmentation(by_hand(x, channels))[:3]):
+            torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+        for out, ref in zip(normalising.classification(x), plain.classification(by_hand(x, channels))):
+            torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_none_is_the_exact_identity() -> None:
+    module = InputNormalization(3)
+    x = torch.randn(2, 3, 5, 7)
+    assert torch.equal(module(x), x)
+    assert module.mean.shape == module.std.shape == (1, 3, 1, 1)
+    assert set(module.state_dict()) == {"mean", "std"}  # persistent: saved with the weights
+
+
+def test_saliency_is_the_gradient_with_respect_to_the_image_as_fed() -> None:
+    normalising = normalising_model(3, saliency=True)
+    plain = normalising_model(3, "none", saliency=True)
+    x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+    # d/dx = d/d(normalised) / std, per channel, then the maximum of the absolute value over channels
+    probe = by_hand(x, 3).requires_grad_(True)
+    plain.classification.classify(probe).max(dim=1).values.sum().backward()
+    std = torch.tensor(IMAGENET[3][1]).view(1, 3, 1, 1)
+    expected = (probe.grad / std).abs().amax(dim=1, keepdim=True)
+    saliency = gradient_saliency(normalising.classification, x)
+    torch.testing.assert_close(saliency, expected, rtol=1e-4, atol=1e-7)
+    # the bridge fuses the normalised image with that saliency, as training did
+    torch.testing.assert_close(
+        normalising(x), plain.segmentation.segment(by_hand(x, 3), saliency), rtol=1e-5, atol=1e-5
+    )
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_a_default_network_loaded_from_a_normalising_state_dict_reproduces_it_exactly(channels: int) -> None:
+    normalising = normalising_model(channels)
+    torch.manual_seed(123)  # other weights, so the load must replace every one of them
+    seg = HermesSegmentationNet(channels, **SMALL)
+    default = HermesInferenceModel(
+        seg, HermesClassificationNet(channels, ias=True, seg_channels=seg.ias_channels, **SMALL), ias_at_eval=True
+    )
+    x = torch.rand(2, channels, 32, 32, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        before = default.eval()(x)
+        default.load_state_dict(normalising.state_dict(), strict=True)
+        assert torch.equal(default(x), normalising(x)) and torch.equal(default.classify(x), normalising.classify(x))
+        assert not torch.allclose(before, default(x))
+    for net in (default.segmentation, default.classification):
+        torch.testing.assert_close(net.input_normalization.mean.flatten(), torch.tensor(IMAGENET[channels][0]))
+        torch.testing.assert_close(net.input_normalization.std.flatten(), torch.tensor(IMAGENET[channels][1]))
+
+
+def test_torchscript_of_a_normalising_network_matches_eager() -> None:
+    normalising = normalising_model(3)
+    torch.manual_seed(7)
+    seg = HermesSegmentationNet(3, **SMALL)  # built with the identity, normalising through the loaded buffers
+    loaded = HermesInferenceModel(seg, HermesClassificationNet(3, ias=True, seg_channels=seg.ias_channels, **SMALL))
+    loaded.load_state_dict(normalising.state_dict())
+    scripted = torch.jit.script(loaded.eval())
+    x = torch.rand(2, 3, 48, 32, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        torch.testing.assert_close(scripted(x), normalising(x))
+    assert "segmentation.input_normalization.mean" in scripted.state_dict()
+
+
+@pytest.mark.parametrize(
+    "build, fragment",
+    [
+        (lambda: HermesSegmentationNet(normalization="imagnet"), "'imagnet'"),
+        (lambda: HermesClassificationNet(normalization=None), "None"),
+        (lambda: HermesSegmentationNet(in_channels=2, normalization="imagenet"), "2"),
+        (lambda: InputNormalization(3, mean=[0.5, 0.5]), r"\[0.5, 0.5\]"),
+        (lambda: InputNormalization(1, std=[0.0]), r"\[0.0\]"),
+        (lambda: InputNormalization(0), "0"),
+    ],
+    ids=["unknown_mode", "mode_not_a_string", "imagenet_two_channels", "mean_length", "zero_std", "no_channel"],
+)
+def test_invalid_normalization(build: object, fragment: str) -> None:
+    with pytest.raises(ValueError, match=fragment):
+        build()
+
+
+def test_none_works_for_any_channel_count() -> None:
+    net = HermesSegmentationNet(in_channels=2, **SMALL).eval()
+    x = torch.rand(1, 2, 32, 32)
+    assert net.segment(x).shape == (1, 2, 32, 32)
 
 
 @pytest.mark.parametrize(

@@ -35,8 +35,10 @@ shuffle, new augmentation), as in :class:`~usseg.engines.trainers.SemiSupervised
 pass over the unlabeled set, the batches of the first labeled pass are stored and replayed (the same tensors, in the
 same order); the next unlabeled pass starts a fresh labeled pass (:class:`CycleCachedLoader`).
 
-:func:`input_normalization_stats` gives the per-channel mean and standard deviation of the configurable input
-normalisation (``none`` as released, or ImageNet's) that the bundle applies to every network input.
+Input normalisation (``none`` as released, or ImageNet's) is not done here nor in the data pipeline: it is the
+first step of both networks (``normalization=`` of :class:`~usseg.networks.hermes.HermesSegmentationNet` and
+:class:`~usseg.networks.hermes.HermesClassificationNet`), whose statistics are saved with the weights. The trainer
+feeds images in [0, 1], and the saliency is the gradient with respect to them.
 
 - [0] Zhang et al., 2025, Hermes, https://arxiv.org/abs/2508.02265
 """
@@ -69,47 +71,12 @@ __all__ = [
     "HermesTrainer",
     "HermesEvaluator",
     "IAS_VIEWS",
-    "IMAGENET_MEAN",
-    "IMAGENET_STD",
     "ITC_GRADIENTS",
-    "NORMALIZATIONS",
-    "input_normalization_stats",
     "released_itc_ramp",
 ]
 
 ITC_GRADIENTS = ("both", "seg_only")
 IAS_VIEWS = ("labeled_only", "all")
-NORMALIZATIONS = ("none", "imagenet")
-IMAGENET_MEAN = (0.485, 0.456, 0.406)  # RGB, for images in [0, 1] (torchvision's ImageNet statistics)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-def input_normalization_stats(mode: str, in_channels: int) -> tuple[list[float], list[float]] | None:
-    """Per-channel ``(mean, std)`` of the network-input normalisation ``(x - mean) / std``, or ``None`` for none.
-
-    ``"imagenet"`` gives ImageNet's RGB statistics for 3 channels. A 1-channel (grayscale) input gets the mean of
-    the three means and the mean of the three standard deviations (0.449 and 0.226): a gray image replicated on
-    three channels would otherwise be normalised differently per channel, which a 1-channel network cannot mirror.
-
-    Args:
-        mode: ``"none"`` (released: images stay in [0, 1]) or ``"imagenet"``.
-        in_channels: channels of the network input, 1 or 3.
-
-    Returns:
-        ``None`` for ``"none"``; else two lists of ``in_channels`` floats.
-
-    Raises:
-        ValueError: an unknown ``mode`` or ``in_channels`` other than 1 or 3 (the value is quoted).
-    """
-    if mode not in NORMALIZATIONS:
-        raise ValueError(f"normalization must be one of {NORMALIZATIONS}, got {mode!r}.")
-    if isinstance(in_channels, bool) or in_channels not in (1, 3):
-        raise ValueError(f"in_channels must be 1 (grayscale) or 3 (RGB), got {in_channels!r}.")
-    if mode == "none":
-        return None
-    if in_channels == 3:
-        return list(IMAGENET_MEAN), list(IMAGENET_STD)
-    return [sum(IMAGENET_MEAN) / 3], [sum(IMAGENET_STD) / 3]
 
 
 class CycleCachedLoader:

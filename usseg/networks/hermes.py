@@ -16,6 +16,12 @@ ship that backbone and downloads nothing).
 - :class:`HermesInferenceModel`: both networks in one module; ``forward(image)`` returns segmentation logits (the
   zoo's exported network), :meth:`HermesInferenceModel.classify` returns class logits.
 
+Input normalisation (``normalization="none" | "imagenet"``, :func:`input_normalization_stats`) is the first step of
+both networks, an :class:`InputNormalization` whose per-channel mean and standard deviation are persistent buffers:
+they are saved in every checkpoint, so a network built with the default (identity) and loaded from a checkpoint
+trained with ImageNet statistics normalises as it did in training, whatever the loading config says. Every caller
+(trainer, evaluator, ``usseg infer``, the zoo exports) therefore feeds images in [0, 1].
+
 IAS in usseg (methods.md section 1.10 item 6): ``ias=True`` builds the attention modules. Whether the trainer feeds
 segmentation features to it for the labeled batch only (released) or every view, and whether inference uses it
 (``HermesInferenceModel(ias_at_eval=...)``), are trainer/bundle settings.
@@ -38,6 +44,9 @@ from usseg.errors import require_bool
 from usseg.networks.encoders import build_resnet_encoder, load_encoder_weights
 
 __all__ = [
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "NORMALIZATIONS",
     "ConvBlock",
     "ChannelAttention",
     "SpatialAttention",
@@ -45,9 +54,110 @@ __all__ = [
     "HermesSegmentationNet",
     "HermesClassificationNet",
     "HermesInferenceModel",
+    "InputNormalization",
     "encoder_stage_channels",
     "gradient_saliency",
+    "input_normalization_stats",
 ]
+
+NORMALIZATIONS = ("none", "imagenet")
+IMAGENET_MEAN = (0.485, 0.456, 0.406)  # RGB, for images in [0, 1] (torchvision's ImageNet statistics)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def input_normalization_stats(mode: str, in_channels: int) -> tuple[list[float], list[float]] | None:
+    """Per-channel ``(mean, std)`` of the network-input normalisation ``(x - mean) / std``, or ``None`` for none.
+
+    ``"imagenet"`` gives ImageNet's RGB statistics for 3 channels. A 1-channel (grayscale) input gets the mean of
+    the three means and the mean of the three standard deviations (0.449 and 0.226): a gray image replicated on
+    three channels would otherwise be normalised differently per channel, which a 1-channel network cannot mirror.
+
+    Args:
+        mode: ``"none"`` (released: images stay in [0, 1]) or ``"imagenet"``.
+        in_channels: channels of the network input, 1 or 3.
+
+    Returns:
+        ``None`` for ``"none"``; else two lists of ``in_channels`` floats.
+
+    Raises:
+        ValueError: an unknown ``mode`` or ``in_channels`` other than 1 or 3 (the value is quoted).
+    """
+    if not isinstance(mode, str) or mode not in NORMALIZATIONS:
+        raise ValueError(f"normalization must be one of {NORMALIZATIONS}, got {mode!r}.")
+    if isinstance(in_channels, bool) or in_channels not in (1, 3):
+        raise ValueError(f"in_channels must be 1 (grayscale) or 3 (RGB), got {in_channels!r}.")
+    if mode == "none":
+        return None
+    if in_channels == 3:
+        return list(IMAGENET_MEAN), list(IMAGENET_STD)
+    return [sum(IMAGENET_MEAN) / 3], [sum(IMAGENET_STD) / 3]
+
+
+class InputNormalization(nn.Module):
+    """Per-channel ``(x - mean) / std`` whose statistics are persistent buffers, so they travel with the weights.
+
+    The defaults (mean 0, std 1) are the exact identity. A network built with the defaults and loaded from the
+    state dict of a normalising one normalises exactly as that one did: the buffers, not the constructor, decide.
+    Shape: (B, C, H, W) -> (B, C, H, W); buffers ``mean`` and ``std`` are (1, C, 1, 1) float32.
+
+    Args:
+        in_channels: C.
+        mean: C per-channel means, or None for zeros.
+        std: C per-channel standard deviations (finite, > 0), or None for ones.
+
+    Raises:
+        ValueError: ``in_channels`` is not a positive integer, or ``mean``/``std`` have another length than
+            ``in_channels`` or values that are not finite (``std``: not > 0); the value is quoted.
+    """
+
+    def __init__(
+        self, in_channels: int, mean: Sequence[float] | None = None, std: Sequence[float] | None = None
+    ) -> None:
+        super().__init__()
+        _check_positive(in_channels=in_channels)
+        mean_t = self._statistic("mean", mean, in_channels, 0.0)
+        std_t = self._statistic("std", std, in_channels, 1.0)
+        if not bool(torch.isfinite(mean_t).all()):
+            raise ValueError(f"mean must be finite, got {mean!r}.")
+        if not bool(torch.isfinite(std_t).all() and (std_t > 0).all()):
+            raise ValueError(f"std must be finite and > 0, got {std!r}.")
+        self.register_buffer("mean", mean_t.view(1, in_channels, 1, 1), persistent=True)
+        self.register_buffer("std", std_t.view(1, in_channels, 1, 1), persistent=True)
+
+    @staticmethod
+    def _statistic(name: str, values: Sequence[float] | None, in_channels: int, default: float) -> torch.Tensor:
+        if values is None:
+            return torch.full((in_channels,), default, dtype=torch.float32)
+        try:
+            tensor = torch.as_tensor(values, dtype=torch.float32).reshape(-1)
+        except (TypeError, ValueError, RuntimeError) as err:
+            raise ValueError(f"{name} must be a sequence of {in_channels} numbers, got {values!r}.") from err
+        if tensor.numel() != in_channels:
+            raise ValueError(f"{name} must hold one value per input channel ({in_channels}), got {values!r}.")
+        return tensor
+
+    @classmethod
+    def from_mode(cls, normalization: str, in_channels: int) -> InputNormalization:
+        """The normalisation named by ``normalization`` (:func:`input_normalization_stats`) for ``in_channels``.
+
+        ``"none"`` is the identity for any positive ``in_channels``; ``"imagenet"`` needs 1 or 3 channels.
+
+        Raises:
+            ValueError: an unknown ``normalization``, or ``"imagenet"`` with ``in_channels`` other than 1 or 3.
+        """
+        if not isinstance(normalization, str) or normalization not in NORMALIZATIONS:
+            raise ValueError(f"normalization must be one of {NORMALIZATIONS}, got {normalization!r}.")
+        if normalization == "none":  # identity: no channel restriction (only ImageNet's statistics need 1 or 3)
+            return cls(in_channels)
+        stats = input_normalization_stats(normalization, in_channels)
+        return cls(in_channels) if stats is None else cls(in_channels, stats[0], stats[1])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(x - mean) / std``, per channel; (B, C, H, W) -> (B, C, H, W)."""
+        return (x - self.mean) / self.std
+
+    def extra_repr(self) -> str:
+        return f"mean={self.mean.flatten().tolist()}, std={self.std.flatten().tolist()}"
 
 
 def encoder_stage_channels(encoder: ResNet) -> list[int]:
@@ -210,6 +320,12 @@ class HermesSegmentationNet(nn.Module):
         dropout: ConvBlock dropout.
         saliency: build the saliency bridge.
         encoder_weights: an encoder file (``usseg.networks.encoders.save_encoder``) loaded strictly, or None.
+        normalization: input normalisation, ``"none"`` (identity) or ``"imagenet"`` (:func:`input_normalization_stats`),
+            applied by :meth:`forward` and :meth:`segment` (an :class:`InputNormalization` whose statistics are
+            saved in the state dict). :meth:`encode` and :meth:`decode` take the normalised image.
+
+    Raises:
+        ValueError: a non-positive size, ``num_classes`` < 2, or an unknown ``normalization`` (the value is quoted).
     """
 
     def __init__(
@@ -223,6 +339,7 @@ class HermesSegmentationNet(nn.Module):
         dropout: float = 0.25,
         saliency: bool = False,
         encoder_weights: str | os.PathLike | None = None,
+        normalization: str = "none",
     ) -> None:
         super().__init__()
         _check_positive(
@@ -233,6 +350,7 @@ class HermesSegmentationNet(nn.Module):
         )
         if num_classes < 2:
             raise ValueError(f"num_classes must be >= 2 (background included), got {num_classes!r}.")
+        self.input_normalization = InputNormalization.from_mode(normalization, in_channels)
         self.encoder = _build_encoder(depth, in_channels, widths, encoder_weights)
         c0, c1, c2, c3, _ = encoder_stage_channels(self.encoder)
         self.encoder.layer4 = nn.Identity()  # unused, as released; dropped so DDP finds no unused parameter
@@ -263,7 +381,7 @@ class HermesSegmentationNet(nn.Module):
         self.ias_channels = [c0, c1, c2, c3]  # channels of the maps handed to IAS (d0, d1, d2, x3)
 
     def encode(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """Encoder maps ``[x0, x1, x2, x3]`` (stem before max-pooling, layer1, layer2, layer3)."""
+        """Encoder maps ``[x0, x1, x2, x3]`` (stem before max-pooling, layer1, layer2, layer3) of normalised images."""
         x0 = self.encoder.act(self.encoder.bn1(self.encoder.conv1(x)))
         x = self.encoder.maxpool(x0) if self.use_maxpool else x0
         x1 = self.encoder.layer1(x)
@@ -274,7 +392,10 @@ class HermesSegmentationNet(nn.Module):
     def decode(
         self, image: torch.Tensor, features: list[torch.Tensor], saliency: torch.Tensor | None = None
     ) -> list[torch.Tensor]:
-        """Decoder maps ``[logits, d0, d1, d2]``; ``saliency`` (B, 1, H, W) is fused when the bridge is built."""
+        """Decoder maps ``[logits, d0, d1, d2]``; ``saliency`` (B, 1, H, W) is fused when the bridge is built.
+
+        ``image`` is the normalised image (what :meth:`encode` received): the bridge fuses it as training saw it.
+        """
         x0, x1, x2, x3 = features[0], features[1], features[2], features[3]
         d2 = self.dec2(torch.cat([self.up3(_upsample_to(x3, x2)), x2], dim=1))
         u1 = self.up2(_upsample_to(d2, x1))
@@ -294,13 +415,14 @@ class HermesSegmentationNet(nn.Module):
         """Everything training needs from one pass (one call, so a DDP wrapper sees one forward per backward).
 
         Args:
-            x: images (B, in_channels, H, W).
+            x: images (B, in_channels, H, W) before normalisation (in [0, 1] for the bundle).
             saliency: (B, 1, H, W) classifier saliency; required when the bridge is built, ignored otherwise.
 
         Returns:
             ``(logits (B, K, H, W), embedding (B, E, H/8, W/8) L2-normalised over channels, consistency (B, D),
             ias_features [d0, d1, d2, x3])``. :meth:`segment` returns the logits only.
         """
+        x = self.input_normalization(x)
         features = self.encode(x)
         logits, d0, d1, d2 = self.decode(x, features, saliency)
         embedding = F.normalize(self.embedding_head(features[2]), dim=1)
@@ -309,6 +431,7 @@ class HermesSegmentationNet(nn.Module):
 
     def segment(self, x: torch.Tensor, saliency: torch.Tensor | None = None) -> torch.Tensor:
         """Segmentation logits only. Shape: (B, in_channels, H, W) -> (B, num_classes, H, W)."""
+        x = self.input_normalization(x)
         return self.decode(x, self.encode(x), saliency)[0]
 
 
@@ -337,6 +460,11 @@ class HermesClassificationNet(nn.Module):
         seg_channels: channels of the four segmentation maps fused by IAS
             (``HermesSegmentationNet.ias_channels``); required when ``ias`` is true.
         encoder_weights: an encoder file loaded strictly, or None.
+        normalization: input normalisation, ``"none"`` (identity) or ``"imagenet"``, the first step of
+            :meth:`features` (so of :meth:`forward` and :meth:`classify`), with its statistics in the state dict.
+
+    Raises:
+        ValueError: a non-positive size, ``ias=True`` without ``seg_channels``, or an unknown ``normalization``.
     """
 
     def __init__(
@@ -350,6 +478,7 @@ class HermesClassificationNet(nn.Module):
         ias: bool = False,
         seg_channels: Sequence[int] | None = None,
         encoder_weights: str | os.PathLike | None = None,
+        normalization: str = "none",
     ) -> None:
         super().__init__()
         _check_positive(
@@ -358,6 +487,7 @@ class HermesClassificationNet(nn.Module):
             embedding_dim=embedding_dim,
             consistency_dim=consistency_dim,
         )
+        self.input_normalization = InputNormalization.from_mode(normalization, in_channels)
         self.encoder = _build_encoder(depth, in_channels, widths, encoder_weights)
         channels = encoder_stage_channels(self.encoder)
         self.use_maxpool = not self.encoder.no_max_pool
@@ -393,9 +523,10 @@ class HermesClassificationNet(nn.Module):
     def features(
         self, x: torch.Tensor, seg_features: list[torch.Tensor] | None = None, ias_gate: torch.Tensor | None = None
     ) -> torch.Tensor:
-        """Pooled layer4 features (B, c4), with IAS fusion when ``seg_features`` are given (and IAS is built)."""
+        """Pooled layer4 features (B, c4) of images (B, C, H, W) before normalisation, with IAS fusion when
+        ``seg_features`` are given (and IAS is built)."""
         encoder = self.encoder
-        x = encoder.act(encoder.bn1(encoder.conv1(x)))
+        x = encoder.act(encoder.bn1(encoder.conv1(self.input_normalization(x))))
         fuse = seg_features is not None and self.ias_enabled
         if fuse and seg_features is not None:
             x = _gated(self.ias_stem(x, seg_features[0]), x, ias_gate)
@@ -418,7 +549,7 @@ class HermesClassificationNet(nn.Module):
         """Everything training needs from one pass.
 
         Args:
-            x: images (B, in_channels, H, W).
+            x: images (B, in_channels, H, W) before normalisation.
             seg_features: the segmentation maps ``[d0, d1, d2, x3]`` for IAS, or None (no fusion).
             ias_gate: (B,) bool, the samples that get the fusion; None fuses all.
 
@@ -441,11 +572,13 @@ def gradient_saliency(classifier: nn.Module, images: torch.Tensor) -> torch.Tens
     """Vanilla-gradient saliency of a classifier, as the released ``generate_saliency``.
 
     ``|d max_k logit_k / d image|``, maximum over channels. The classifier runs in eval mode (its batch-norm
-    statistics are not touched) and no parameter gradient is accumulated; the result is detached.
+    statistics are not touched) and no parameter gradient is accumulated; the result is detached. The gradient is
+    taken with respect to ``images`` as given, before the classifier's own input normalisation (with ImageNet
+    statistics it is the gradient with respect to the normalised image divided by ``std``, per channel).
 
     Args:
         classifier: a :class:`HermesClassificationNet` (a DDP wrapper is unwrapped).
-        images: (B, C, H, W).
+        images: (B, C, H, W), as fed to the networks (before normalisation).
 
     Returns:
         (B, 1, H, W) saliency.
@@ -468,7 +601,9 @@ class HermesInferenceModel(nn.Module):
 
     ``forward(image)`` returns segmentation logits, so zoo exports (TorchScript, ONNX) and ``verify_net_in_out``
     see a plain segmentation network; :meth:`classify` returns class logits and :meth:`predict` both. The state
-    dict holds ``segmentation.*`` and ``classification.*``: one checkpoint carries the whole model.
+    dict holds ``segmentation.*`` and ``classification.*``: one checkpoint carries the whole model, input
+    normalisation statistics included. Each network normalises its own input, so this module passes the image
+    through untouched (normalising here too would normalise twice).
 
     Args:
         segmentation: a :class:`HermesSegmentationNet`.
