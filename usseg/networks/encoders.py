@@ -40,6 +40,7 @@ __all__ = [
     "encoder_feature_dim",
     "load_encoder_weights",
     "read_encoder_architecture",
+    "read_state_dict",
     "resnet_features",
     "save_encoder",
     "ZeroPadShortcut",
@@ -227,6 +228,27 @@ def read_encoder_architecture(path: str | os.PathLike) -> dict[str, Any]:
     return description
 
 
+def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """The tensors of a weights file: a bare state dict, or the ``state_dict`` / ``model`` entry of a checkpoint,
+    with DDP's ``module.`` prefix removed.
+
+    Raises:
+        InputError: the file cannot be read by ``torch.load(weights_only=True)`` or holds no state dict of tensors.
+    """
+    source = Path(path)
+    try:
+        state = torch.load(source, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises several unrelated types for corrupt or foreign files
+        raise InputError(source, f"cannot be read as a torch state dict ({type(error).__name__}: {error}).") from error
+    for wrapper in ("state_dict", "model"):
+        if isinstance(state, Mapping) and isinstance(state.get(wrapper), Mapping):
+            state = state[wrapper]
+            break
+    if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise InputError(source, "does not hold a state dict of tensors.")
+    return {str(k).removeprefix("module."): v for k, v in state.items()}
+
+
 def load_encoder_weights(module: nn.Module, path: str | os.PathLike, strict: bool = True) -> dict[str, Any]:
     """Initialise ``module`` (a ResNet encoder, or a network's encoder submodule) from an encoder file.
 
@@ -246,15 +268,7 @@ def load_encoder_weights(module: nn.Module, path: str | os.PathLike, strict: boo
     source = Path(path)
     if not source.is_file():
         raise InputError(source, "encoder weights file not found.")
-    try:
-        state = torch.load(source, map_location="cpu", weights_only=True)
-    except Exception as error:  # torch raises several unrelated types for corrupt or foreign files
-        raise InputError(source, f"cannot be read as a torch state dict ({type(error).__name__}: {error}).") from error
-    if isinstance(state, Mapping) and "state_dict" in state and isinstance(state["state_dict"], Mapping):
-        state = state["state_dict"]
-    if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise InputError(source, "does not hold a state dict of tensors.")
-    state = {str(k).removeprefix("module."): v for k, v in state.items() if not str(k).startswith(_CLASSIFIER_PREFIX)}
+    state = {k: v for k, v in read_state_dict(source).items() if not k.startswith(_CLASSIFIER_PREFIX)}
     target = module.module if hasattr(module, "module") else module
     own = {k: v for k, v in target.state_dict().items() if not k.startswith(_CLASSIFIER_PREFIX)}
     missing = sorted(set(own) - set(state))

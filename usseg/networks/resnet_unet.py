@@ -41,6 +41,7 @@ from usseg.networks.encoders import (
     build_resnet_encoder,
     load_encoder_weights,
     read_encoder_architecture,
+    read_state_dict,
     resnet_features,
 )
 from usseg.networks.hermes import encoder_stage_channels
@@ -107,19 +108,6 @@ def _architecture_from_state(state: Mapping[str, torch.Tensor], prefix: str = ""
     return {"depth": depth, "in_channels": int(stem.shape[1]), "widths": widths}
 
 
-def _read_state(path: Path) -> Mapping[str, torch.Tensor]:
-    """A state dict of tensors from ``path`` (a bare one, or the ``model`` entry of a training checkpoint)."""
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # torch raises several unrelated types for corrupt or foreign files
-        raise InputError(path, f"cannot be read as a torch state dict ({type(error).__name__}: {error}).") from error
-    if isinstance(state, Mapping) and isinstance(state.get("model"), Mapping):
-        state = state["model"]
-    if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise InputError(path, "does not hold a state dict of tensors.")
-    return state
-
-
 def encoder_file_architecture(path: str | os.PathLike) -> dict[str, Any]:
     """Depth, input channels and widths of the encoder in an encoder file.
 
@@ -153,7 +141,7 @@ def encoder_file_architecture(path: str | os.PathLike) -> dict[str, Any]:
         if int(args.get("spatial_dims", 2)) != 2:
             raise InputError(recipe, f"describes a {args['spatial_dims']}D encoder; ResNetUNet is 2D.")
         return architecture
-    architecture = _architecture_from_state(_read_state(source))
+    architecture = _architecture_from_state(read_state_dict(source))
     if architecture is None:
         raise InputError(source, "holds no encoder.json and its tensors are not those of a MONAI ResNet.")
     return architecture
@@ -325,7 +313,7 @@ def checkpoint_architecture(path: str | os.PathLike) -> dict[str, Any] | None:
     if not source.is_file():
         return None
     try:
-        state = _read_state(source)
+        state = read_state_dict(source)
     except InputError:
         return None
     if "head.weight" not in state or not any(key.startswith("decoder.") for key in state):
