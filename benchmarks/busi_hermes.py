@@ -42,6 +42,22 @@ SPLITS_DIR = Path(__file__).resolve().parent / "splits"
 METHODS = {"SupOnly": ["--supervised_only", "True"], "Hermes": ["--supervised_only", "False"]}
 
 
+def method_arguments(method: str, args: argparse.Namespace) -> list[str]:
+    """Bundle arguments of one method: SupOnly or Hermes, plus the ``--hermes-set`` settings of an ablation."""
+    arguments = list(METHODS[method])
+    if method == "Hermes":
+        for setting in args.hermes_set:
+            key, sep, value = setting.partition("=")
+            if not sep or not key:
+                raise SystemExit(f"--hermes-set expects KEY=VALUE, got {setting!r}.")
+            arguments += [f"--{key}", value]
+    return arguments
+
+
+def method_name(method: str, args: argparse.Namespace) -> str:
+    return args.variant if method == "Hermes" else method
+
+
 def busi_datalist(data_root: Path, workdir: Path, seed: int, num_labeled: int) -> Path:
     """The shared BUSI protocol: 70/30 stratified split, 10% validation, nested labeled subsets, normal excluded."""
     out = workdir / f"datalist_seed{seed}_labeled{num_labeled}" / "datalist.json"
@@ -192,7 +208,7 @@ def dry_run_step_times(args: argparse.Namespace, seed: int, budget: int, iterati
             "--seed",
             str(seed),
             *protocol_overrides(args, iterations, 2),
-            *METHODS[method],
+            *method_arguments(method, args),
         ]
         run(["train.yaml"], overrides, output_dir.with_suffix(".log"))
         times[method] = seconds_per_iteration(output_dir, iterations, skip_first=True)
@@ -245,6 +261,14 @@ def main() -> None:
         default=3,
         help="passes over the unlabeled set before the contrast terms (released: 11 of ~73 passes, i.e. 15%%)",
     )
+    parser.add_argument("--variant", default="Hermes", help="method name of the Hermes runs, e.g. Hermes-noITC")
+    parser.add_argument(
+        "--hermes-set",
+        nargs="*",
+        default=[],
+        metavar="KEY=VALUE",
+        help="bundle settings for the Hermes runs only (an ablation), e.g. itc_weight=0 ias#enabled=False",
+    )
     parser.add_argument("--dry-run", type=int, default=0, help="only time this many iterations of each method")
     parser.add_argument("--name", default="busi_hermes", help="results file name")
     parser.add_argument(
@@ -273,10 +297,11 @@ def main() -> None:
                 if row["labeled"] == budget and row["seed"] == seed
             }
             for method in args.methods:
-                if method in step_times and not args.dry_run:
-                    print(f"{method} labeled={budget} seed={seed}: kept from {args.keep_existing}", flush=True)
+                name = method_name(method, args)
+                if name in step_times and not args.dry_run:
+                    print(f"{name} labeled={budget} seed={seed}: kept from {args.keep_existing}", flush=True)
                     continue
-                output_dir = args.workdir / f"seed{seed}_labeled{budget}" / method
+                output_dir = args.workdir / f"seed{seed}_labeled{budget}" / name
                 if args.dry_run:
                     epoch_iterations, epochs = args.dry_run, 2
                 else:
@@ -289,29 +314,32 @@ def main() -> None:
                     "--seed",
                     str(seed),
                     *protocol_overrides(args, epoch_iterations, epochs),
-                    *METHODS[method],
+                    *method_arguments(method, args),
                 ]
                 start = time.perf_counter()
                 run(["train.yaml"], overrides, output_dir.with_suffix(".log"))
                 train_seconds = time.perf_counter() - start
-                step_times[method] = seconds_per_iteration(output_dir, epoch_iterations, skip_first=True)
-                print(f"{method} labeled={budget} seed={seed}: {step_times[method]:.3f} s/iteration", flush=True)
+                step_times[name] = seconds_per_iteration(output_dir, epoch_iterations, skip_first=True)
+                print(f"{name} labeled={budget} seed={seed}: {step_times[name]:.3f} s/iteration", flush=True)
                 if args.dry_run:
                     continue
                 run(["train.yaml", "evaluate.yaml"], overrides, output_dir.with_suffix(".log"))
                 for checkpoint in ("final", "best"):
                     metrics = report_row(output_dir, checkpoint)
-                    metrics["train_seconds_per_iteration"] = step_times[method]
+                    metrics["train_seconds_per_iteration"] = step_times[name]
                     metrics["train_wall_s"] = train_seconds
                     if method == "Hermes" and "SupOnly" in step_times:
-                        metrics["step_time_vs_suponly"] = step_times["Hermes"] / step_times["SupOnly"]
-                    row = {"method": method, "checkpoint": checkpoint, "labeled": budget, "seed": seed}
+                        metrics["step_time_vs_suponly"] = step_times[name] / step_times["SupOnly"]
+                    row = {"method": name, "checkpoint": checkpoint, "labeled": budget, "seed": seed}
+                    if method == "Hermes" and args.hermes_set:
+                        row["bundle_settings"] = list(args.hermes_set)
                     results.append({**row, "metrics": metrics})
                     print(results[-1], flush=True)
                 # rewritten after every run: a later failure or the time limit cannot lose finished runs
                 print(write_results(args.name, {**settings(args, args.iterations), **calibration}, results), flush=True)
             if args.dry_run and len(step_times) == 2:
-                print(f"dry run: Hermes/SupOnly step time {step_times['Hermes'] / step_times['SupOnly']:.2f}x")
+                hermes = step_times[method_name("Hermes", args)]
+                print(f"dry run: Hermes/SupOnly step time {hermes / step_times['SupOnly']:.2f}x")
 
 
 if __name__ == "__main__":
