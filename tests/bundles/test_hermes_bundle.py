@@ -151,3 +151,20 @@ def test_configs_have_the_monai_workflow_properties(
     )
     workflow.initialize()
     assert workflow.check_properties() in ([], None)
+
+
+def test_switching_ias_off_alone_builds_the_networks_without_it() -> None:
+    # IAS at evaluation follows `ias#enabled` unless set: one switch reproduces the released seg_train.py networks
+    from monai.bundle import ConfigParser
+
+    for config, enabled_key, network_key in (
+        ("train.yaml", "ias#enabled", "network_def"),
+        ("inference.yaml", "ias_enabled", "network_def"),
+    ):
+        parser = ConfigParser()
+        parser.read_config(str(CONFIGS / config))
+        parser[enabled_key] = False
+        parser["encoder_widths"] = [8, 16, 16, 32]
+        parser["num_image_classes"] = 2  # train.yaml: not read from a datalist, so nothing is generated
+        model = parser.get_parsed_content(network_key)
+        assert not model.ias_at_eval and not model.classification.ias_enabled, config
