@@ -147,6 +147,28 @@ def test_every_loss_component_and_threshold_statistic_is_in_the_output() -> None
     assert float(output["loss"].detach()) == pytest.approx(float(total), rel=1e-5)
 
 
+def test_a_pixel_contrast_without_two_classes_is_reported_and_warned(caplog: pytest.LogCaptureFixture) -> None:
+    class TwoClassContrast(torch.nn.Module):  # what a live pixel contrast reports (its counting: loss tests)
+        last_contrast_classes = 2
+
+        def forward(self, embedding: torch.Tensor, labels: torch.Tensor, predictions: torch.Tensor) -> torch.Tensor:
+            return embedding.sum() * 0.0
+
+    with caplog.at_level("WARNING"):
+        live, _ = one_step(pixel_contrast_loss=TwoClassContrast())
+    assert live.state.output["pixel_contrast_classes"] == 2.0
+    assert not any("pixel contrast" in record.getMessage() for record in caplog.records)
+    with caplog.at_level("WARNING"):
+        dead, _ = one_step(pixel_contrast_loss=PixelContrastLoss(min_anchor_pixels=10_000))
+    assert dead.state.output["pixel_contrast_classes"] == 0.0
+    assert dead.state.output["seg_contrast_loss"].item() == 0.0
+    assert any("pixel contrast saw fewer than two classes" in record.getMessage() for record in caplog.records)
+    with caplog.at_level("WARNING"):
+        caplog.clear()
+        one_step(seg_contrast_weight=0.0, pixel_contrast_loss=PixelContrastLoss(min_anchor_pixels=10_000))
+    assert not any("pixel contrast" in record.getMessage() for record in caplog.records)  # switched off: no warning
+
+
 def test_saliency_bridge_and_bf16_train() -> None:
     trainer, grads = one_step(saliency=True, precision="bf16", channels_last=True)
     assert torch.isfinite(torch.as_tensor(trainer.state.output["loss"]))

@@ -116,6 +116,24 @@ def test_a_fraction_threshold_lets_small_lesions_contribute() -> None:
     assert PixelContrastLoss(min_anchor_pixels=0.05)(embedding, labels, labels).item() > 0.1
 
 
+def test_last_contrast_classes_tells_whether_the_call_could_contribute() -> None:
+    labels = torch.zeros(1, 16, 16, dtype=torch.long)
+    labels[0, :4, :4] = 1
+    embedding = F.normalize(torch.randn(1, 6, 16, 16), dim=1)
+    expected = {1000: 0, 100: 1, 0.05: 2}  # no anchor class; the background alone; background and lesion
+    for threshold, classes in expected.items():
+        loss_fn = PixelContrastLoss(min_anchor_pixels=threshold)
+        loss = loss_fn(embedding, labels, labels)
+        assert loss_fn.last_contrast_classes == classes, threshold
+        assert (loss.item() > 0.1) is (classes >= 2), threshold
+    # a class held only in the memory bank counts: the background anchors then have negatives
+    loss_fn = PixelContrastLoss(min_anchor_pixels=0.05, memory_size=4, embedding_dim=6)
+    loss_fn(embedding, labels, labels)
+    background_only = torch.zeros(1, 16, 16, dtype=torch.long)
+    assert loss_fn(embedding, background_only, background_only).item() > 0.1
+    assert loss_fn.last_contrast_classes == 2
+
+
 def test_hard_anchors_are_preferred_half_and_half() -> None:
     loss_fn = PixelContrastLoss(max_views=4, min_anchor_pixels=0)
     labels = torch.zeros(1, 4, 4, dtype=torch.long)

@@ -379,6 +379,10 @@ class HermesTrainer(SemiSupervisedTrainer):
         for policy in (self.cls_pseudo_label, self.seg_pseudo_label, self.pixel_contrast_loss):
             if isinstance(policy, nn.Module):
                 policy.to(self.state.device)
+        # iterations of this epoch with the pixel contrast switched on, and of them those with two classes or more
+        self._pixel_contrast_steps = 0
+        self._pixel_contrast_live_steps = 0
+        self.add_event_handler(Events.EPOCH_COMPLETED, self._warn_if_pixel_contrast_idle)
 
     # -- what the base class trains and checkpoints -------------------------------------------------------------
 
@@ -400,6 +404,17 @@ class HermesTrainer(SemiSupervisedTrainer):
 
     def _restart_labeled_cycle(self, engine: Engine) -> None:
         self.labeled_cycle.restart()
+
+    def _warn_if_pixel_contrast_idle(self, engine: Engine) -> None:
+        # a contrast set of one class gives exactly 0: without this the term can be dead for a whole run unnoticed
+        steps, live = self._pixel_contrast_steps, self._pixel_contrast_live_steps
+        self._pixel_contrast_steps = self._pixel_contrast_live_steps = 0
+        if steps and not live:
+            self.logger.warning(
+                f"epoch {engine.state.epoch}: the pixel contrast saw fewer than two classes at all {steps} "
+                "iterations, so it trained nothing: no class covered more than min_anchor_pixels of the embedding "
+                "grid in any image (lower pixel_contrast#min_anchor_pixels, or give it as a fraction of the grid)."
+            )
 
     def itc_weight_at(self, step: int) -> float:
         """The ITC weight at 0-based iteration ``step``."""
@@ -509,6 +524,10 @@ class HermesTrainer(SemiSupervisedTrainer):
         if engine.renormalize_pixel_embedding:
             mean_embedding = F.normalize(mean_embedding, dim=1)
         pixel = engine.pixel_contrast_loss(mean_embedding, pixel_labels, seg_strong.detach().argmax(dim=1))
+        contrast_classes = getattr(engine.pixel_contrast_loss, "last_contrast_classes", None)
+        if contrast_classes is not None and contrast > 0 and w["seg_contrast_weight"] > 0:
+            engine._pixel_contrast_steps += 1
+            engine._pixel_contrast_live_steps += int(contrast_classes >= 2)
 
         # inter-task consistency on the strong view; "seg_only" keeps it out of the classification network
         cls_vector = forward_output["cls_consistency"][2 * n :].float()
@@ -540,6 +559,8 @@ class HermesTrainer(SemiSupervisedTrainer):
             "cls_train_accuracy": train_accuracy,
             "pixel_contrast_ignored_rate": float((pixel_labels < 0).float().mean()),
         }
+        if contrast_classes is not None:
+            losses["pixel_contrast_classes"] = float(contrast_classes)  # below 2 the pixel contrast is 0
         losses.update(cls_select.statistics("cls_"))
         losses.update(seg_select.statistics("seg_"))
         return losses

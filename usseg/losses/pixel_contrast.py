@@ -71,7 +71,9 @@ class PixelContrastLoss(nn.Module):
     enqueued after every call. The queue is a buffer: it is saved in ``state_dict()``.
 
     No anchor class gives 0 (with a zero gradient), a single class has no negatives and gives 0, and anchors without
-    a positive are left out of the mean: the loss is never NaN.
+    a positive are left out of the mean: the loss is never NaN. After each call, ``last_contrast_classes`` holds the
+    number of distinct classes in its contrast set (anchors and memory): below 2 the call contributed nothing, which
+    happens at every step when ``min_anchor_pixels`` exceeds what a lesion covers on the embedding grid.
 
     - [0] Wang et al., 2021, Exploring Cross-Image Pixel Contrast for Semantic Segmentation,
       https://arxiv.org/abs/2101.11939 (``tfzhou/ContrastiveSeg``)
@@ -142,6 +144,7 @@ class PixelContrastLoss(nn.Module):
         self.register_buffer("memory", torch.zeros(self.num_classes, self.memory_size, int(embedding_dim)))
         self.register_buffer("memory_count", torch.zeros(self.num_classes, dtype=torch.long))
         self.register_buffer("memory_pointer", torch.zeros(self.num_classes, dtype=torch.long))
+        self.last_contrast_classes = 0
 
     def _threshold(self, grid_pixels: int) -> float:
         return self.min_anchor_pixels * grid_pixels if 0 < self.min_anchor_pixels < 1 else self.min_anchor_pixels
@@ -218,6 +221,8 @@ class PixelContrastLoss(nn.Module):
         small_preds = F.interpolate(predictions[:, None].float(), size=grid, mode="nearest")[:, 0].long().flatten(1)
         pixels = embedding.float().permute(0, 2, 3, 1).reshape(batch, height * width, dim)
         samples, classes = self._sample(small_labels, small_preds, generator)
+        stored_classes = {c for c in range(self.num_classes) if self.memory_size and int(self.memory_count[c]) > 0}
+        self.last_contrast_classes = len(set(classes) | stored_classes) if samples else 0
         if not samples:
             return embedding.sum() * 0.0  # keeps the graph (and DDP) connected
         anchors = torch.stack([pixels[b, index] for b, index in samples])  # (A, n, D)
