@@ -412,8 +412,9 @@ class HermesTrainer(SemiSupervisedTrainer):
         if steps and not live:
             self.logger.warning(
                 f"epoch {engine.state.epoch}: the pixel contrast saw fewer than two classes at all {steps} "
-                "iterations, so it trained nothing: no class covered more than min_anchor_pixels of the embedding "
-                "grid in any image (lower pixel_contrast#min_anchor_pixels, or give it as a fraction of the grid)."
+                "iterations, so it trained nothing: at most one class covered more than min_anchor_pixels of the "
+                "embedding grid in an image (lower pixel_contrast#min_anchor_pixels, or give it as a fraction of the "
+                "grid)."
             )
 
     def itc_weight_at(self, step: int) -> float:
