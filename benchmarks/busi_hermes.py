@@ -168,6 +168,7 @@ def report_row(output_dir: Path, checkpoint: str) -> dict[str, Any]:
 
 
 def settings(args: argparse.Namespace, iterations: int) -> dict[str, Any]:
+    grid = args.spatial_size // 8  # the pixel embeddings' grid
     return {
         "dataset": "BUSI benign + malignant, exact duplicates removed, 70/30 stratified split, 10% of train for "
         "validation (benchmarks/splits/busi_hermes_seed<seed>_labeled<N>.json)",
@@ -183,7 +184,8 @@ def settings(args: argparse.Namespace, iterations: int) -> dict[str, Any]:
         "momentum 0.9 wd 1e-4, poly(0.9) per iteration (released: both lr 1e-4, with ImageNet weights)",
         "hermes_variant": "defaults of the bundle: IAS on every view and at evaluation (usseg default; released: "
         "labeled images only, not at evaluation), seg features detached; itc_gradient both; dual thresholds "
-        "0.5/0.95, h0 0.75, batch ratios; pixel contrast min 100 anchor pixels on the 16x16 grid; no memory bank; "
+        f"0.5/0.95, h0 0.75, batch ratios; pixel contrast anchor classes above 100/784 of the {grid}x{grid} grid "
+        "(the released 100 pixels at 224x224); no memory bank; "
         "ITC ramp to 1 at 75% of training",
         "contrast_warmup_passes": f"{args.contrast_warmup_passes} passes over the unlabeled set (released: epoch > 10, "
         "about 15% of its 3000 iterations; scaled to this budget)",

@@ -92,7 +92,7 @@ def test_labels_are_resized_to_the_embedding_grid() -> None:
 
 def test_all_ignored_single_class_and_too_small_classes_give_zero_without_nan() -> None:
     embedding = F.normalize(torch.randn(2, 6, 4, 4), dim=1).requires_grad_(True)
-    loss_fn = PixelContrastLoss()  # released: more than 100 anchor pixels needed, a 4x4 grid has 16
+    loss_fn = PixelContrastLoss(min_anchor_pixels=100)  # more than 100 anchor pixels needed, a 4x4 grid has 16
     for labels in (
         torch.full((2, 4, 4), -1, dtype=torch.long),  # everything ignored
         torch.zeros(2, 4, 4, dtype=torch.long),  # one class: no negatives
@@ -114,6 +114,17 @@ def test_a_fraction_threshold_lets_small_lesions_contribute() -> None:
     # released count: only the background (240 pixels) is an anchor class, alone it has no negatives -> 0
     assert PixelContrastLoss(min_anchor_pixels=100)(embedding, labels, labels).item() == pytest.approx(0.0, abs=1e-6)
     assert PixelContrastLoss(min_anchor_pixels=0.05)(embedding, labels, labels).item() > 0.1
+
+
+def test_the_default_threshold_is_the_released_count_at_224_and_scales_with_the_grid() -> None:
+    released = PixelContrastLoss()
+    assert released._threshold(28 * 28) == pytest.approx(100.0)  # 224 x 224 input: the released count
+    assert released._threshold(16 * 16) == pytest.approx(100 * 256 / 784)  # 128 x 128: 32.7 pixels, not 100
+    labels = torch.zeros(1, 16, 16, dtype=torch.long)
+    labels[0, :6, :6] = 1  # 36 of 256 pixels (14%): an anchor class by the default, not by a count of 100
+    embedding = F.normalize(torch.randn(1, 6, 16, 16), dim=1)
+    released(embedding, labels, labels)
+    assert released.last_contrast_classes == 2
 
 
 def test_last_contrast_classes_tells_whether_the_call_could_contribute() -> None:

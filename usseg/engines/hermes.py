@@ -208,7 +208,9 @@ class HermesTrainer(SemiSupervisedTrainer):
     ``image_weak``/``image_strong``). Everything computed is put in ``engine.state.output``: each loss term, the
     totals ``cls_loss``/``seg_loss``, the weights ``itc_weight``/``contrast_weight``, and the dual-threshold
     statistics of both tasks (``cls_accept_rate``, ``seg_threshold_c1``, ... see
-    :meth:`~usseg.engines.pseudo_label.DualThresholdResult.statistics`).
+    :meth:`~usseg.engines.pseudo_label.DualThresholdResult.statistics`), and ``pixel_contrast_classes`` (classes in
+    the pixel-contrast set; below 2 that term is 0). After an epoch in which the switched-on pixel contrast never saw
+    two classes, the trainer logs a warning.
 
     Args:
         device: device or ``"auto"``.

@@ -9,7 +9,7 @@ from usseg.losses.cross_network_contrast import CrossNetworkContrastLoss, Protot
 from usseg.losses.cross_supervision import CrossSupervisionLoss, SupervisedDiceCELoss
 from usseg.losses.hermes import HermesSegmentationLoss, InterTaskConsistencyLoss, MaskedSoftDiceLoss
 from usseg.losses.ntxent import NTXentLoss
-from usseg.losses.pixel_contrast import PixelContrastLoss, pixel_contrast_labels
+from usseg.losses.pixel_contrast import RELEASED_MIN_ANCHOR_FRACTION, PixelContrastLoss, pixel_contrast_labels
 from usseg.losses.supcon import SupConLoss
 
 __all__ = [
@@ -27,4 +27,5 @@ __all__ = [
     "SupConLoss",
     "SupervisedDiceCELoss",
     "pixel_contrast_labels",
+    "RELEASED_MIN_ANCHOR_FRACTION",
 ]

@@ -7,7 +7,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["PixelContrastLoss", "pixel_contrast_labels"]
+__all__ = ["PixelContrastLoss", "RELEASED_MIN_ANCHOR_FRACTION", "pixel_contrast_labels"]
+
+# the released threshold, 100 pixels of the 28x28 embedding grid of a 224x224 input, as a share of the grid: the same
+# test at 224x224, and one that scales with the input (a count of 100 on the 16x16 grid of 128x128 asks for 39%)
+RELEASED_MIN_ANCHOR_FRACTION = 100 / 28**2
 
 
 def pixel_contrast_labels(
@@ -84,8 +88,9 @@ class PixelContrastLoss(nn.Module):
         base_temperature: :math:`\tau_b` (0.07).
         max_samples: anchor pixels per batch (1024).
         max_views: anchor pixels per class and image (100).
-        min_anchor_pixels: a class is an anchor class with more pixels than this: a count (100, as released, on
-            the embedding grid) or, when in (0, 1), a fraction of the grid, so that small lesions can contribute.
+        min_anchor_pixels: a class is an anchor class with more pixels than this on the embedding grid: a count
+            (>= 1) or, when in (0, 1), a fraction of the grid. Default: :data:`RELEASED_MIN_ANCHOR_FRACTION`, the
+            released count of 100 at 224 x 224 expressed as a fraction; a smaller one lets small lesions contribute.
         ignore_index: label of ignored pixels.
         num_classes: classes (needed for the memory bank).
         memory_size: queue length per class; 0 disables the memory bank (released).
@@ -108,7 +113,7 @@ class PixelContrastLoss(nn.Module):
         base_temperature: float = 0.07,
         max_samples: int = 1024,
         max_views: int = 100,
-        min_anchor_pixels: float = 100,
+        min_anchor_pixels: float = RELEASED_MIN_ANCHOR_FRACTION,
         ignore_index: int = -1,
         num_classes: int = 2,
         memory_size: int = 0,
